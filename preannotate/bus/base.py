@@ -1,0 +1,132 @@
+"""The bus interface: publish; consume as a group member with manual commit;
+pause and resume; dead-letter.
+
+Two implementations pass the same contract tests (tests/platform/test_bus_contract.py):
+``KafkaBus`` (aiokafka, the distributed mode) and ``MemoryBus`` (one process,
+the embedded mode). Both keep Kafka's semantics: a key always lands on the same
+partition, a group splits partitions between its members, offsets are
+committed by hand, and records a member took without committing go to the
+next owner of the partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+DLQ_SUFFIX = ".dlq"
+
+
+def dlq_topic(topic: str) -> str:
+    return topic + DLQ_SUFFIX
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as a consumer sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timestamp_ms: int = 0
+
+    @property
+    def event_id(self) -> str:
+        return self.headers.get("ce_id", "")
+
+    @property
+    def event_type(self) -> str:
+        return self.headers.get("ce_type", "")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = 1
+    compacted: bool = False
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """A member of a consumer group. Offsets move only with ``commit``."""
+
+    group: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Leave the group without committing what was not committed."""
+
+    async def poll(self, timeout: float) -> list[Record]:
+        """Records of the assigned, unpaused partitions; [] after ``timeout`` seconds.
+
+        Polling also keeps the member alive in its group: call it while a long
+        handler runs (with the partitions paused).
+        """
+
+    async def commit(self, record: Record) -> None:
+        """Mark ``record`` and everything before it on its partition as done."""
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition (also ones assigned later)."""
+
+    def resume(self) -> None: ...
+
+    def assignment(self) -> set[tuple[str, int]]: ...
+
+    def owns(self, record: Record) -> bool:
+        """Whether this member still owns the record's partition."""
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """Producer side and consumer factory."""
+
+    #: Whether the producer is idempotent (no duplicates from its own retries).
+    idempotent: bool
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ensure_topics(self, topics: Sequence[TopicSpec]) -> None:
+        """Create the topics (and nothing else) if they do not exist."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, int]:
+        """Publish one record and wait until it is durable; (partition, offset)."""
+
+    def consumer(self, topics: Sequence[str], group: str, *, from_beginning: bool = True) -> Consumer:
+        """A new group member for ``topics``; call ``start()`` on it."""
+
+    async def dead_letter(self, record: Record, error: BaseException, *, group: str) -> None:
+        """Send ``record`` to ``<topic>.dlq`` with the error in its headers."""
+
+
+def dlq_headers(record: Record, error: BaseException, group: str) -> dict[str, str]:
+    """The headers a dead-lettered record carries: its own plus where and why."""
+    from datetime import UTC, datetime
+
+    headers = dict(record.headers)
+    headers.update(
+        {
+            "dlq_error": f"{type(error).__name__}: {error}"[:4000],
+            "dlq_error_type": type(error).__name__,
+            "dlq_topic": record.topic,
+            "dlq_partition": str(record.partition),
+            "dlq_offset": str(record.offset),
+            "dlq_group": group,
+            "dlq_failed_at": datetime.now(UTC).isoformat(),
+        }
+    )
+    return headers

@@ -1,0 +1,85 @@
+"""Safe storage keys: the layout of DESIGN.md, with every user-given part checked.
+
+    <namespace>/datasets/<job_id>/
+    <namespace>/models/<name>/<version>/
+    <namespace>/serving/<name>/<version>/
+    <namespace>/jobs/<job_id>/
+
+Namespaces, model names and job ids match one pattern: lower-case letters,
+digits, ``-`` and ``_``, starting and ending with a letter or digit, at most
+63 characters. File names inside a prefix match a second, wider pattern. Dots
+that make ``..``, absolute paths and separators are refused with ``UnsafeName``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from preannotate.errors import UnsafeName
+
+NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+FILE_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+NAME_RULE = (
+    "lower-case letters, digits, '-' and '_', starting and ending with a letter or digit, "
+    "1 to 63 characters"
+)
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a safe namespace, model name or job id."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise UnsafeName(f"{what} {value!r} is not allowed: use {NAME_RULE}")
+    return value
+
+
+def check_version(version: int) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UnsafeName(f"version {version!r} is not allowed: use a whole number from 1")
+    return version
+
+
+def check_relative(path: str) -> str:
+    """Return a relative file path whose every part is a safe file name."""
+    if not isinstance(path, str) or not path or path.startswith(("/", "\\")) or "\\" in path:
+        raise UnsafeName(f"path {path!r} is not allowed: use a relative path with '/' only")
+    for part in path.split("/"):
+        if part in ("", ".", "..") or not FILE_PATTERN.fullmatch(part):
+            raise UnsafeName(
+                f"path {path!r} is not allowed: each part must be letters, digits, '.', '-' "
+                "or '_', not start with '.', and not be empty"
+            )
+    return path
+
+
+def join(prefix: str, path: str) -> str:
+    """Join a checked prefix and a checked relative path."""
+    return prefix.rstrip("/") + "/" + check_relative(path)
+
+
+def dataset_prefix(namespace: str, job_id: str) -> str:
+    return f"{check_name(namespace, 'namespace')}/datasets/{check_name(job_id, 'job id')}/"
+
+
+def model_prefix(namespace: str, name: str, version: int) -> str:
+    return (
+        f"{check_name(namespace, 'namespace')}/models/{check_name(name, 'model name')}/"
+        f"{check_version(version)}/"
+    )
+
+
+def models_root(namespace: str, name: str | None = None) -> str:
+    root = f"{check_name(namespace, 'namespace')}/models/"
+    return root if name is None else root + check_name(name, "model name") + "/"
+
+
+def serving_base(namespace: str, name: str) -> str:
+    """TF Serving's base_path for a model: the folder that holds its versions."""
+    return f"{check_name(namespace, 'namespace')}/serving/{check_name(name, 'model name')}"
+
+
+def serving_prefix(namespace: str, name: str, version: int) -> str:
+    return f"{serving_base(namespace, name)}/{check_version(version)}/"
+
+
+def job_prefix(namespace: str, job_id: str) -> str:
+    return f"{check_name(namespace, 'namespace')}/jobs/{check_name(job_id, 'job id')}/"

@@ -1,0 +1,81 @@
+"""Typed settings from the environment: the part every service shares.
+
+Each service has one frozen settings class in ``services/<name>/settings.py``
+that extends ``ServiceSettings``; every field is read from an environment
+variable named ``PREANNOTATE_<FIELD>`` (``PREANNOTATE_KAFKA_BOOTSTRAP``, ...).
+The defaults work on one machine: Kafka on 127.0.0.1:9092 and a local folder
+for storage. ``load()`` validates at start and names the variable that is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PREANNOTATE_"
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs: bus, storage, telemetry."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # The bus: a real Kafka cluster, or the in-process bus of the embedded mode.
+    bus: Literal["kafka", "memory"] = "kafka"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_partitions: int = Field(3, ge=1, description="partitions of topics created at start")
+    kafka_replication: int = Field(1, ge=1)
+    kafka_client_id: str = "preannotate"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_fetch_max_wait_ms: int = Field(100, ge=0)
+    # How long a handler may run before the runner pauses its partitions and
+    # keeps polling (so a job of hours never leaves the consumer group).
+    keepalive_seconds: float = Field(2.0, gt=0)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    retry_attempts: int = Field(5, ge=1, description="tries of a retryable failure before DLQ")
+    retry_backoff_seconds: float = Field(1.0, ge=0)
+
+    # Storage: an S3 bucket, or a local folder.
+    storage: Literal["s3", "local"] = "local"
+    storage_root: Path = Path("var/storage")
+    s3_endpoint: str = ""
+    s3_bucket: str = "preannotate"
+    s3_region: str = "us-east-1"
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_create_bucket: bool = True
+
+    # Telemetry.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+
+    namespace: str = "default"
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class SettingsError(SystemExit):
+    """Raised at start when a variable is missing or wrong; the message names it."""
+
+
+def load(cls: type[S], **overrides) -> S:
+    """Build ``cls`` from the environment, naming the variable of any bad value."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("bad settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""The five services, one folder each; none imports another."""

@@ -63,3 +63,9 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, PreannotateError):
         return exc.retryable
     return isinstance(exc, (TimeoutError, ConnectionError))
+
+
+class Interrupted(PreannotateError):
+    """The service is shutting down mid-job; the record is left for redelivery."""
+
+    retryable = True

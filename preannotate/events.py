@@ -64,8 +64,12 @@ def decode(record: Record) -> Message:
     try:
         message = cls.FromString(record.value)
     except DecodeError as exc:
-        raise BadEvent(f"{record.topic} record at offset {record.offset} is not a "
-                       f"{cls.DESCRIPTOR.full_name}: {exc}") from exc
+        raise BadEvent(
+            f"{record.topic} record at offset {record.offset} is not a "
+            f"{cls.DESCRIPTOR.full_name}: {exc}"
+        ) from exc
     if not getattr(message, "job_id", ""):
-        raise BadEvent(f"{cls.DESCRIPTOR.full_name} at {record.topic}:{record.offset} has no job_id")
+        raise BadEvent(
+            f"{cls.DESCRIPTOR.full_name} at {record.topic}:{record.offset} has no job_id"
+        )
     return message

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "PREANNOTATE_"
@@ -29,6 +29,9 @@ class ServiceSettings(BaseSettings):
     kafka_partitions: int = Field(3, ge=1, description="partitions of topics created at start")
     kafka_replication: int = Field(1, ge=1)
     kafka_client_id: str = "preannotate"
+    # Put before every topic name on the cluster (e.g. "staging." or a test's
+    # own prefix); the code always sees the plain names.
+    kafka_topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str = "PLAIN"
     kafka_sasl_username: str = ""
@@ -55,10 +58,51 @@ class ServiceSettings(BaseSettings):
     # Telemetry.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
-    metrics_host: str = "127.0.0.1"
+    # Every server of the service (gRPC, HTTP, /metrics) binds this address.
+    bind_host: str = "127.0.0.1"
     metrics_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    shutdown_grace_seconds: float = Field(60.0, ge=0)
 
     namespace: str = "default"
+
+    # Trainer pools, "name=gpus" comma-separated: each is one consumer group on
+    # its own topic train.jobs.<name>. A request that names none goes to the
+    # default pool.
+    machine_types: str = "cpu=0"
+    default_machine_type: str = "cpu"
+
+    @model_validator(mode="after")
+    def _check_pools(self):
+        pools = self.pools()
+        if self.default_machine_type not in pools:
+            raise ValueError(
+                f"default_machine_type {self.default_machine_type!r} is not one of the "
+                f"machine_types {sorted(pools)}"
+            )
+        return self
+
+    def pools(self) -> dict[str, int]:
+        """The trainer pools and their GPU counts, e.g. {"cpu": 0, "gpu-4": 4}."""
+        return parse_pools(self.machine_types)
+
+
+def parse_pools(text: str) -> dict[str, int]:
+    from preannotate.keys import check_name
+
+    pools: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, _, gpus = item.partition("=")
+        name = check_name(name.strip(), "machine type")
+        try:
+            count = int(gpus) if gpus.strip() else 0
+        except ValueError:
+            raise ValueError(f"machine type {name!r}: GPU count {gpus!r} is not a number") from None
+        if count < 0:
+            raise ValueError(f"machine type {name!r}: GPU count must be 0 or more")
+        pools[name] = count
+    if not pools:
+        raise ValueError("no machine types: give at least one, e.g. 'cpu=0'")
+    return pools
 
 
 S = TypeVar("S", bound=BaseSettings)

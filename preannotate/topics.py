@@ -47,3 +47,21 @@ def message_type(topic: str) -> type[Message]:
 def all_topics(machine_types: list[str] | tuple[str, ...] = ("cpu",)) -> list[str]:
     """Every product topic for the given trainer pools, without DLQs."""
     return sorted([*_FIXED, *(train_jobs(m) for m in machine_types)])
+
+
+def stage_consuming(topic: str) -> int | None:
+    """The job stage that the topic's records queue for; None for a job's last event.
+
+    The runner uses it to say where a job went after a stage finished:
+    ``train.jobs.cpu`` means "queued for training"; ``model.converted`` and
+    ``task.preannotated`` end their jobs.
+    """
+    from preannotate.v1 import events_pb2
+
+    if topic.startswith(TRAIN_JOBS_PREFIX):
+        return events_pb2.JOB_STAGE_TRAIN
+    return {
+        TASK_ANNOTATED: events_pb2.JOB_STAGE_EXPORT,
+        MODEL_TRAINED: events_pb2.JOB_STAGE_CONVERT,
+        ANNOTATION_REQUESTED: events_pb2.JOB_STAGE_ANNOTATE,
+    }.get(topic)

@@ -106,7 +106,9 @@ class Bus(Protocol):
     ) -> tuple[int, int]:
         """Publish one record and wait until it is durable; (partition, offset)."""
 
-    def consumer(self, topics: Sequence[str], group: str, *, from_beginning: bool = True) -> Consumer:
+    def consumer(
+        self, topics: Sequence[str], group: str, *, from_beginning: bool = True
+    ) -> Consumer:
         """A new group member for ``topics``; call ``start()`` on it."""
 
     async def dead_letter(self, record: Record, error: BaseException, *, group: str) -> None:

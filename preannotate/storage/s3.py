@@ -90,7 +90,9 @@ class S3Storage:
         check_prefix(prefix)
         keys: list[str] = []
         paginator = self._s3.get_paginator("list_objects_v2")
-        pages = self._call(prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix)))
+        pages = self._call(
+            prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        )
         for page in pages:
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return sorted(keys)

@@ -1,0 +1,301 @@
+"""The bus on Apache Kafka, through aiokafka.
+
+The producer is idempotent (``enable_idempotence=True`` forces acks=all), so
+its own retries never duplicate a record. Consumers commit by hand; a
+rebalance listener keeps paused members paused when partitions move to them
+(pause state does not survive reassignment in Kafka clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from preannotate.bus.base import Record, TopicSpec, dlq_headers, dlq_topic
+from preannotate.bus.memory import CommitFailed
+from preannotate.errors import Unavailable
+
+
+def _security(settings) -> dict:
+    opts: dict = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = ssl.create_default_context()
+    if settings.kafka_security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return opts
+
+
+class KafkaBus:
+    """Producer, admin and consumer factory for one Kafka cluster."""
+
+    idempotent = True
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.bootstrap = settings.kafka_bootstrap
+        self.prefix = settings.kafka_topic_prefix
+        self._producer = None
+
+    def full(self, topic: str) -> str:
+        """The topic's name on the cluster."""
+        return self.prefix + topic
+
+    def short(self, topic: str) -> str:
+        return topic[len(self.prefix) :] if self.prefix and topic.startswith(self.prefix) else topic
+
+    async def start(self) -> None:
+
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.settings.kafka_client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            request_timeout_ms=30_000,
+            **_security(self.settings),
+        )
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise Unavailable(f"Kafka at {self.bootstrap} is unreachable: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def producer_id(self) -> int:
+        """The id the broker granted this idempotent producer (-1 before start)."""
+        if self._producer is None:
+            return -1
+        return self._producer._txn_manager.producer_id if self._producer._txn_manager else -1
+
+    async def ensure_topics(self, topics: Sequence[TopicSpec]) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.settings.kafka_client_id + "-admin",
+            **_security(self.settings),
+        )
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            new = [
+                NewTopic(
+                    self.full(spec.name),
+                    spec.partitions,
+                    self.settings.kafka_replication,
+                    topic_configs={"cleanup.policy": "compact"} if spec.compacted else None,
+                )
+                for spec in topics
+                if self.full(spec.name) not in existing
+            ]
+            if new:
+                response = await admin.create_topics(new, timeout_ms=30_000)
+                for item in getattr(response, "topic_errors", []):
+                    name, code = item[0], item[1]
+                    if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a racing creator)
+                        raise Unavailable(f"could not create topic {name!r}: error code {code}")
+                await self._wait_for_metadata([t.name for t in new])
+        finally:
+            await admin.close()
+
+    async def _wait_for_metadata(self, names: list[str], timeout: float = 30.0) -> None:
+        """Wait until the producer sees every new topic's partitions (leaders elected)."""
+        assert self._producer is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for name in names:
+            while True:
+                await self._producer.client.force_metadata_update()
+                if self._producer.client.cluster.partitions_for_topic(name):
+                    break
+                if loop.time() > deadline:
+                    raise Unavailable(f"topic {name!r} has no partitions after {timeout}s")
+                await asyncio.sleep(0.1)
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, int]:
+
+        if self._producer is None:
+            raise RuntimeError("KafkaBus.send() before start()")
+        try:
+            meta = await self._producer.send_and_wait(
+                self.full(topic),
+                value,
+                key=key.encode() if key is not None else None,
+                headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+            )
+        except KafkaError as exc:
+            raise Unavailable(f"could not publish to {topic!r}: {exc}") from exc
+        return meta.partition, meta.offset
+
+    def consumer(
+        self, topics: Sequence[str], group: str | None, *, from_beginning: bool = True
+    ) -> KafkaConsumer:
+        return KafkaConsumer(self, list(topics), group, from_beginning)
+
+    async def dead_letter(self, record: Record, error: BaseException, *, group: str) -> None:
+        await self.send(
+            dlq_topic(record.topic),
+            record.value,
+            key=record.key,
+            headers=dlq_headers(record, error, group),
+        )
+
+
+class KafkaConsumer:
+    """A group member (or, with group None, a reader of every partition)."""
+
+    def __init__(self, bus: KafkaBus, topics: list[str], group: str | None, from_beginning: bool):
+        self.bus = bus
+        self.topics = topics
+        self.group = group
+        self.from_beginning = from_beginning
+        self._consumer = None
+        self._paused = False
+        self._next: dict[tuple[str, int], int] = {}
+
+    async def start(self) -> None:
+
+        s = self.bus.settings
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bus.bootstrap,
+            client_id=s.kafka_client_id,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if self.from_beginning else "latest",
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
+            rebalance_timeout_ms=s.session_timeout_ms,
+            **_security(s),
+        )
+        try:
+            await self._consumer.start()
+            if self.group is None:
+                cluster = await self._consumer._client.fetch_all_metadata()
+                parts = []
+                for topic in self.topics:
+                    for p in sorted(cluster.partitions_for_topic(self.bus.full(topic)) or []):
+                        parts.append(TopicPartition(self.bus.full(topic), p))
+                if not parts:
+                    raise Unavailable(f"no partitions for {self.topics}: create the topics first")
+                self._consumer.assign(parts)
+                if self.from_beginning:
+                    await self._consumer.seek_to_beginning(*parts)
+                else:
+                    await self._consumer.seek_to_end(*parts)
+            else:
+                self._consumer.subscribe(
+                    [self.bus.full(t) for t in self.topics], listener=_Listener(self)
+                )
+        except KafkaError as exc:
+            await self.stop()
+            raise Unavailable(f"Kafka consumer for {self.topics} could not start: {exc}") from exc
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def poll(self, timeout: float) -> list[Record]:
+        assert self._consumer is not None, "poll() before start()"
+        batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000), max_records=100)
+        out: list[Record] = []
+        for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
+            if batches[tp]:
+                self._next[(self.bus.short(tp.topic), tp.partition)] = batches[tp][-1].offset + 1
+            for r in batches[tp]:
+                out.append(
+                    Record(
+                        topic=self.bus.short(r.topic),
+                        partition=r.partition,
+                        offset=r.offset,
+                        key=r.key.decode() if r.key is not None else None,
+                        value=r.value or b"",
+                        headers={k: v.decode("utf-8", "replace") for k, v in r.headers or ()},
+                        timestamp_ms=r.timestamp or 0,
+                    )
+                )
+        return out
+
+    async def commit(self, record: Record) -> None:
+        if self.group is None:
+            return
+        assert self._consumer is not None
+        tp = TopicPartition(self.bus.full(record.topic), record.partition)
+        try:
+            await self._consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+        except (CommitFailedError, IllegalStateError) as exc:
+            raise CommitFailed(f"{record.topic}[{record.partition}]: {exc}") from exc
+        except KafkaError as exc:
+            raise Unavailable(
+                f"commit of {record.topic}[{record.partition}] failed: {exc}"
+            ) from exc
+
+    def pause(self) -> None:
+        self._paused = True
+        if self._consumer is not None:
+            self._consumer.pause(*self._consumer.assignment())
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._consumer is not None:
+            self._consumer.resume(*self._consumer.assignment())
+
+    def _on_assigned(self, assigned) -> None:
+        if self._paused and self._consumer is not None:
+            self._consumer.pause(*assigned)
+
+    def assignment(self) -> set[tuple[str, int]]:
+        if self._consumer is None:
+            return set()
+        return {(self.bus.short(tp.topic), tp.partition) for tp in self._consumer.assignment()}
+
+    def owns(self, record: Record) -> bool:
+        return (record.topic, record.partition) in self.assignment()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records behind the partition's high watermark, per assigned partition."""
+        if self._consumer is None:
+            return {}
+        out = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            key = (self.bus.short(tp.topic), tp.partition)
+            if high is not None and key in self._next:
+                out[key] = max(0, high - self._next[key])
+        return out
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Re-pauses newly assigned partitions while a long handler runs."""
+
+    def __init__(self, owner: KafkaConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self.owner._on_assigned(assigned)

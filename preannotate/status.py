@@ -1,0 +1,224 @@
+"""Job status: snapshots written to the compacted ``job.status`` topic, and the
+view that reads them back.
+
+Each record is the whole latest state of one job (key = job id), so after
+compaction the topic still tells every job's state, and a restarted gateway
+rebuilds its view by reading the topic from the beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+
+from google.protobuf.message import Message
+
+from preannotate import events, topics
+from preannotate.bus.base import Bus
+from preannotate.errors import BadEvent
+from preannotate.telemetry import metrics
+from preannotate.telemetry.logging import get_logger
+from preannotate.v1 import events_pb2
+from preannotate.v1.events_pb2 import JobStatus
+
+TERMINAL = frozenset(
+    {
+        events_pb2.JOB_STATE_SUCCEEDED,
+        events_pb2.JOB_STATE_FAILED,
+        events_pb2.JOB_STATE_CANCELLED,
+    }
+)
+
+
+def stage_name(stage: int) -> str:
+    return events_pb2.JobStage.Name(stage).removeprefix("JOB_STAGE_").lower()
+
+
+def state_name(state: int) -> str:
+    return events_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+def snapshot(
+    message: Message,
+    *,
+    stage: int,
+    state: int,
+    text: str = "",
+    progress: events_pb2.Progress | None = None,
+    details: dict[str, str] | None = None,
+    model=None,
+    kind: int | None = None,
+) -> JobStatus:
+    """A JobStatus for the job of ``message``, with what the event knows."""
+    status = JobStatus(
+        job_id=message.job_id,
+        namespace=getattr(message, "namespace", ""),
+        stage=stage,
+        state=state,
+        message=text,
+    )
+    if kind is None:
+        kind = (
+            events_pb2.JOB_KIND_ANNOTATION
+            if isinstance(message, (events_pb2.AnnotationRequested, events_pb2.TaskPreannotated))
+            else events_pb2.JOB_KIND_TRAINING
+        )
+    status.kind = kind
+    for field in ("cvat", "training"):
+        if message.DESCRIPTOR.fields_by_name.get(field) and message.HasField(field):
+            getattr(status, field).CopyFrom(getattr(message, field))
+    if model is not None:
+        status.model.CopyFrom(model)
+    elif message.DESCRIPTOR.fields_by_name.get("model") and message.HasField("model"):
+        status.model.CopyFrom(message.model)
+    if progress is not None:
+        status.progress.CopyFrom(progress)
+    if details:
+        status.details.update(details)
+    return status
+
+
+class StatusWriter:
+    """Publishes JobStatus snapshots for one service."""
+
+    def __init__(self, bus: Bus, source: str) -> None:
+        self.bus = bus
+        self.source = source
+
+    async def write(self, status: JobStatus) -> None:
+        status.source = self.source
+        status.updated_at.GetCurrentTime()
+        if not status.HasField("created_at"):
+            status.created_at.CopyFrom(status.updated_at)
+        await events.publish(self.bus, topics.JOB_STATUS, status, source=self.source)
+
+
+def merge(old: JobStatus | None, new: JobStatus) -> JobStatus | None:
+    """The view's state after ``new``; None when ``new`` must be ignored.
+
+    A job that ended stays ended unless a later stage starts (a redelivered
+    record cannot take it back); facts of earlier snapshots (task, training
+    spec, creation time, details) carry over when the new one lacks them.
+    """
+    if old is None:
+        return new
+    if old.state in TERMINAL and new.state not in TERMINAL and new.stage <= old.stage:
+        return None
+    merged = JobStatus()
+    merged.CopyFrom(new)
+    if old.HasField("created_at"):
+        merged.created_at.CopyFrom(old.created_at)
+    for field in ("cvat", "training", "model"):
+        if old.HasField(field) and not new.HasField(field):
+            getattr(merged, field).CopyFrom(getattr(old, field))
+    details = dict(old.details)
+    details.update(new.details)
+    merged.details.clear()
+    merged.details.update(details)
+    if not merged.namespace:
+        merged.namespace = old.namespace
+    if old.state == events_pb2.JOB_STATE_CANCELLING and new.state not in TERMINAL:
+        merged.state = events_pb2.JOB_STATE_CANCELLING  # progress goes on until it stops
+        merged.message = old.message
+    return merged
+
+
+class StatusView:
+    """Every job's latest status, read from job.status from the beginning."""
+
+    def __init__(self, bus: Bus, *, export_metrics: bool = False) -> None:
+        self.bus = bus
+        self.export_metrics = export_metrics
+        self.jobs: dict[str, JobStatus] = {}
+        self._changed = asyncio.Condition()
+        self._consumer = None
+        self._task: asyncio.Task | None = None
+        self.caught_up = asyncio.Event()
+        self.log = get_logger(component="status-view")
+
+    async def start(self, wait_caught_up: float = 30.0) -> None:
+        self._consumer = self.bus.consumer([topics.JOB_STATUS], None, from_beginning=True)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="status-view")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.caught_up.wait(), wait_caught_up)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            records = await self._consumer.poll(timeout=0.5)
+            if not records:
+                self.caught_up.set()
+                continue
+            for record in records:
+                try:
+                    status = events.decode(record)
+                except BadEvent as exc:
+                    self.log.warning("bad job.status record skipped", error=str(exc))
+                    continue
+                await self.apply(status)
+
+    async def apply(self, status: JobStatus) -> None:
+        merged = merge(self.jobs.get(status.job_id), status)
+        if merged is None:
+            return
+        self.jobs[status.job_id] = merged
+        if self.export_metrics:
+            self._count()
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _count(self) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for s in self.jobs.values():
+            key = (stage_name(s.stage), state_name(s.state))
+            counts[key] = counts.get(key, 0) + 1
+        metrics.JOBS.clear()
+        for (stage, state), n in counts.items():
+            metrics.JOBS.labels(stage=stage, state=state).set(n)
+
+    def get(self, job_id: str) -> JobStatus | None:
+        return self.jobs.get(job_id)
+
+    def list(
+        self, namespaces: Iterable[str] | None = None, states: Iterable[int] = ()
+    ) -> list[JobStatus]:
+        ns = set(namespaces) if namespaces is not None else None
+        wanted = set(states)
+        out = [
+            s
+            for s in self.jobs.values()
+            if (ns is None or s.namespace in ns) and (not wanted or s.state in wanted)
+        ]
+        return sorted(out, key=lambda s: (s.created_at.seconds, s.created_at.nanos, s.job_id))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        s = self.jobs.get(job_id)
+        return s is not None and s.state in (
+            events_pb2.JOB_STATE_CANCELLING,
+            events_pb2.JOB_STATE_CANCELLED,
+        )
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+        """Yield the job's status now and at every change, until it ends."""
+        last = None
+        while True:
+            current = self.jobs.get(job_id)
+            if current is not None and current != last:
+                last = JobStatus()
+                last.CopyFrom(current)
+                yield last
+                if current.state in TERMINAL:
+                    return
+            async with self._changed:
+                if self.jobs.get(job_id) == last:
+                    await self._changed.wait()

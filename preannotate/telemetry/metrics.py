@@ -1,0 +1,69 @@
+"""The Prometheus metrics every service exports, and the /metrics endpoint.
+
+Names are part of the operations contract: deploy/grafana dashboards query
+them, and tests/platform check that every metric a dashboard uses is defined
+here or in a service's own ``metrics.py``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+EVENTS_CONSUMED = Counter(
+    "preannotate_events_consumed_total",
+    "Records taken from a topic by a service's handler",
+    ["service", "topic"],
+)
+EVENTS_FAILED = Counter(
+    "preannotate_events_failed_total",
+    "Handler runs that raised, by error type (retries count each time)",
+    ["service", "topic", "error"],
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "preannotate_events_dead_lettered_total",
+    "Records sent to <topic>.dlq",
+    ["service", "topic"],
+)
+EVENTS_PUBLISHED = Counter(
+    "preannotate_events_published_total",
+    "Records published by a service",
+    ["service", "topic"],
+)
+EVENTS_DUPLICATE = Counter(
+    "preannotate_events_duplicate_total",
+    "Redelivered records recognised by job id and stage and only re-published",
+    ["service", "topic"],
+)
+HANDLER_SECONDS = Histogram(
+    "preannotate_handler_seconds",
+    "Time a handler took per record",
+    ["service", "topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
+)
+CONSUMER_LAG = Gauge(
+    "preannotate_consumer_lag",
+    "Records behind the end of each assigned partition",
+    ["service", "topic", "partition"],
+)
+HANDLER_IN_FLIGHT = Gauge(
+    "preannotate_handler_in_flight",
+    "Records being handled now",
+    ["service", "topic"],
+)
+JOBS = Gauge(
+    "preannotate_jobs",
+    "Jobs known to the job status view, by stage and state",
+    ["stage", "state"],
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every registered metric, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,139 @@
+"""The bus contract: the in-process bus and the real Kafka broker behave alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from preannotate.bus import TopicSpec
+from tests.platform.buses import drain, make, wait_assigned
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=["memory", "kafka"])
+async def bus(request):
+    bootstrap = request.getfixturevalue("kafka_bootstrap") if request.param == "kafka" else None
+    bus = await make(request.param, bootstrap)
+    yield bus
+    await bus.stop()
+
+
+async def test_records_of_one_key_stay_in_order_on_one_partition(bus, unique_name):
+    topic = unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 3)])
+    keys = ["job-a", "job-b", "job-c", "job-d"]
+    sent = []
+    for i in range(40):
+        key = keys[i % len(keys)]
+        await bus.send(topic, f"{key}:{i}".encode(), key=key, headers={"n": str(i)})
+        sent.append((key, i))
+    consumer = bus.consumer([topic], unique_name())
+    await consumer.start()
+    try:
+        got = await drain(consumer, 40)
+    finally:
+        await consumer.stop()
+    assert len(got) == 40
+    for key in keys:
+        mine = [r for r in got if r.key == key]
+        assert [int(r.headers["n"]) for r in mine] == [i for k, i in sent if k == key]
+        assert len({r.partition for r in mine}) == 1, f"{key} spread over partitions"
+
+
+async def test_two_members_of_a_group_split_the_partitions(bus, unique_name):
+    topic, group = unique_name(), unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 4)])
+    a, b = bus.consumer([topic], group), bus.consumer([topic], group)
+    await a.start()
+    await b.start()
+    try:
+        await wait_assigned(a, b, partitions=4)
+        assert a.assignment().isdisjoint(b.assignment())
+        for i in range(60):
+            await bus.send(topic, str(i).encode(), key=f"k{i}")
+        got_a, got_b = [], []
+        for _ in range(60):
+            got_a += await a.poll(timeout=0.2)
+            got_b += await b.poll(timeout=0.2)
+            if len(got_a) + len(got_b) >= 60:
+                break
+        assert got_a and got_b, "both members should get records"
+        assert {(r.topic, r.partition) for r in got_a} <= a.assignment()
+        assert {(r.topic, r.partition) for r in got_b} <= b.assignment()
+        values = sorted(int(r.value) for r in got_a + got_b)
+        assert values == list(range(60)), "every record exactly once across the group"
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_uncommitted_records_go_to_the_next_member(bus, unique_name):
+    topic, group = unique_name(), unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 1)])
+    for i in range(3):
+        await bus.send(topic, str(i).encode(), key="job-1")
+    first = bus.consumer([topic], group)
+    await first.start()
+    got = await drain(first, 3)
+    assert [r.value for r in got] == [b"0", b"1", b"2"]
+    await first.commit(got[0])  # only the first is done
+    await first.stop()  # dies before committing the rest
+
+    second = bus.consumer([topic], group)
+    await second.start()
+    try:
+        again = await drain(second, 2)
+        assert [r.value for r in again] == [b"1", b"2"]
+        assert [r.offset for r in again] == [got[1].offset, got[2].offset]
+    finally:
+        await second.stop()
+
+
+async def test_pause_stops_delivery_and_resume_brings_it_back(bus, unique_name):
+    topic = unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 2)])
+    consumer = bus.consumer([topic], unique_name())
+    await consumer.start()
+    try:
+        await wait_assigned(consumer, partitions=2)
+        consumer.pause()
+        for i in range(4):
+            await bus.send(topic, str(i).encode(), key=f"k{i}")
+        for _ in range(4):
+            assert await consumer.poll(timeout=0.3) == []
+        consumer.resume()
+        got = await drain(consumer, 4)
+        assert sorted(r.value for r in got) == [b"0", b"1", b"2", b"3"]
+    finally:
+        await consumer.stop()
+
+
+async def test_dead_letter_keeps_the_record_and_says_why(bus, unique_name):
+    topic = unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 1), TopicSpec(topic + ".dlq", 1)])
+    await bus.send(topic, b"\x00poison", key="job-9", headers={"ce_id": "e-1"})
+    consumer = bus.consumer([topic], unique_name())
+    await consumer.start()
+    (record,) = await drain(consumer, 1)
+    await bus.dead_letter(record, ValueError("cannot parse"), group="g")
+    await consumer.stop()
+    reader = bus.consumer([topic + ".dlq"], None)
+    await reader.start()
+    try:
+        (dead,) = await drain(reader, 1)
+    finally:
+        await reader.stop()
+    assert dead.value == b"\x00poison" and dead.key == "job-9"
+    assert dead.headers["ce_id"] == "e-1"
+    assert dead.headers["dlq_error"] == "ValueError: cannot parse"
+    assert dead.headers["dlq_topic"] == topic and dead.headers["dlq_offset"] == str(record.offset)
+
+
+async def test_producer_is_idempotent(bus, unique_name):
+    topic = unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 1)])
+    await bus.send(topic, b"x", key="k")
+    assert bus.idempotent is True
+    producer_id = getattr(bus, "producer_id", None)
+    if producer_id is not None:  # Kafka: the broker granted an idempotent producer id
+        assert producer_id >= 0

@@ -1,0 +1,176 @@
+"""The runner on both buses: DLQ, retries, the once-ledger, long handlers, status."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from preannotate import events, topics
+from preannotate.bus import MemoryBus
+from preannotate.errors import InvalidArgument, Unavailable
+from preannotate.handler import Outcome, Route
+from preannotate.runner import Runtime
+from preannotate.service import ServiceSpec
+from preannotate.settings import ServiceSettings
+from preannotate.storage import LocalStorage
+from preannotate.v1 import events_pb2
+from tests.platform.buses import drain, kafka_settings
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def task_annotated(job_id: str, task_id: int = 7) -> events_pb2.TaskAnnotated:
+    msg = events_pb2.TaskAnnotated(job_id=job_id, namespace="team-a", trigger="test")
+    msg.cvat.task_id = task_id
+    msg.training.model_type = "ssd-mobilenet-v2-coco"
+    return msg
+
+
+def exported(msg: events_pb2.TaskAnnotated) -> events_pb2.DatasetExported:
+    out = events_pb2.DatasetExported(
+        job_id=msg.job_id, namespace=msg.namespace, dataset_prefix="x/"
+    )
+    out.cvat.CopyFrom(msg.cvat)
+    return out
+
+
+class Probe:
+    """A handler whose behaviour each test sets, recording what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.behaviour: dict[str, str] = {}
+        self.failures_left: dict[str, int] = {}
+
+    async def __call__(self, msg, ctx):
+        self.seen.append(msg.job_id)
+        what = self.behaviour.get(msg.job_id, "ok")
+        await ctx.report(stage=events_pb2.JOB_STAGE_EXPORT, message=f"working on {what}")
+        if what == "invalid":
+            raise InvalidArgument("task 7 has no labelled shapes: annotate some first")
+        if what == "crash":
+            raise ZeroDivisionError("bug")
+        if what == "flaky" and self.failures_left.get(msg.job_id, 0) > 0:
+            self.failures_left[msg.job_id] -= 1
+            raise Unavailable("CVAT answered 503")
+        if what == "slow":
+            await asyncio.sleep(2.5)
+        return Outcome.emit(topics.train_jobs("cpu"), exported(msg))
+
+
+@pytest.fixture(params=["memory", "kafka"])
+async def runtime(request, tmp_path):
+    probe = Probe()
+    spec = ServiceSpec(
+        name="probe",
+        routes=[Route(topics.TASK_ANNOTATED, probe, stage=events_pb2.JOB_STAGE_EXPORT)],
+    )
+    if request.param == "memory":
+        settings = ServiceSettings(
+            bus="memory", keepalive_seconds=0.5, retry_backoff_seconds=0.05, retry_attempts=3
+        )
+        bus = MemoryBus()
+    else:
+        settings = kafka_settings(
+            request.getfixturevalue("kafka_bootstrap"), retry_attempts=3, kafka_partitions=2
+        )
+        bus = None
+    settings = settings.model_copy(update={"machine_types": "cpu=0"})
+    rt = Runtime([(spec, settings)], bus=bus, storage=LocalStorage(tmp_path / "store"))
+    rt.probe = probe
+    if bus is not None:
+        await bus.start()
+    await rt.start()
+    yield rt
+    await rt.stop()
+
+
+async def until(predicate, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def read_topic(rt, topic: str, n: int, timeout: float = 20.0):
+    reader = rt.bus.consumer([topic], None)
+    await reader.start()
+    try:
+        return await drain(reader, n, timeout)
+    finally:
+        await reader.stop()
+
+
+async def test_poison_and_invalid_records_go_to_the_dlq_once_and_the_consumer_carries_on(runtime):
+    rt = runtime
+    rt.probe.behaviour = {"job-bad": "invalid", "job-crash": "crash"}
+    await rt.bus.send(topics.TASK_ANNOTATED, b"\xff\xfenot protobuf", key="job-poison")
+    for job in ("job-bad", "job-crash", "job-good"):
+        await events.publish(rt.bus, topics.TASK_ANNOTATED, task_annotated(job), source="test")
+    await until(lambda: "job-good" in rt.probe.seen)
+    out = await read_topic(rt, topics.train_jobs("cpu"), 1)
+    assert [events.decode(r).job_id for r in out] == ["job-good"]
+    dead = await read_topic(rt, topics.TASK_ANNOTATED + ".dlq", 3)
+    assert sorted(r.key for r in dead) == ["job-bad", "job-crash", "job-poison"]
+    by_key = {r.key: r.headers for r in dead}
+    assert "InvalidArgument: task 7 has no labelled shapes" in by_key["job-bad"]["dlq_error"]
+    assert by_key["job-poison"]["dlq_error_type"] == "BadEvent"
+    await until(
+        lambda: (
+            rt.status_view.get("job-bad") is not None
+            and rt.status_view.get("job-bad").state == events_pb2.JOB_STATE_FAILED
+        )
+    )
+    assert "no labelled shapes" in rt.status_view.get("job-bad").message
+    crash = rt.status_view.get("job-crash")
+    assert crash.state == events_pb2.JOB_STATE_FAILED and "bug" not in crash.message
+    # nothing more arrives in the DLQ: each went there once
+    assert len(await read_topic(rt, topics.TASK_ANNOTATED + ".dlq", 4, timeout=2)) == 3
+
+
+async def test_retryable_errors_back_off_and_retry(runtime):
+    rt = runtime
+    rt.probe.behaviour = {"job-flaky": "flaky"}
+    rt.probe.failures_left = {"job-flaky": 2}
+    await events.publish(rt.bus, topics.TASK_ANNOTATED, task_annotated("job-flaky"), source="t")
+    out = await read_topic(rt, topics.train_jobs("cpu"), 1)
+    assert [events.decode(r).job_id for r in out] == ["job-flaky"]
+    assert rt.probe.seen.count("job-flaky") == 3
+    dead = await read_topic(rt, topics.TASK_ANNOTATED + ".dlq", 1, timeout=1)
+    assert dead == []
+
+
+async def test_a_redelivered_record_is_acted_on_once(runtime):
+    rt = runtime
+    msg = task_annotated("job-dup")
+    await events.publish(rt.bus, topics.TASK_ANNOTATED, msg, source="test")
+    await until(lambda: "job-dup" in rt.probe.seen)
+    first = await read_topic(rt, topics.train_jobs("cpu"), 1)
+    # the same event again, as a redelivery after a crash would bring it
+    await events.publish(rt.bus, topics.TASK_ANNOTATED, msg, source="test")
+    both = await read_topic(rt, topics.train_jobs("cpu"), 2)
+    assert rt.probe.seen.count("job-dup") == 1, "the handler ran twice"
+    assert len(both) == 2 and both[1].event_id == first[0].event_id
+    assert both[1].value == first[0].value
+
+
+async def test_a_long_handler_keeps_the_member_alive_and_status_follows(runtime):
+    rt = runtime
+    rt.probe.behaviour = {"job-slow": "slow"}
+    await events.publish(rt.bus, topics.TASK_ANNOTATED, task_annotated("job-slow"), source="t")
+    await events.publish(rt.bus, topics.TASK_ANNOTATED, task_annotated("job-after"), source="t")
+    out = await read_topic(rt, topics.train_jobs("cpu"), 2)
+    assert sorted(events.decode(r).job_id for r in out) == ["job-after", "job-slow"]
+    await until(
+        lambda: (
+            rt.status_view.get("job-slow") is not None
+            and rt.status_view.get("job-slow").stage == events_pb2.JOB_STAGE_TRAIN
+        )
+    )
+    status = rt.status_view.get("job-slow")
+    assert status.state == events_pb2.JOB_STATE_QUEUED
+    assert status.cvat.task_id == 7 and status.training.model_type == "ssd-mobilenet-v2-coco"
+    assert status.namespace == "team-a"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "PREANNOTATE_"
@@ -71,13 +71,19 @@ class ServiceSettings(BaseSettings):
     machine_types: str = "cpu=0"
     default_machine_type: str = "cpu"
 
+    @field_validator("machine_types")
+    @classmethod
+    def _check_machine_types(cls, value: str) -> str:
+        parse_pools(value)
+        return value
+
     @model_validator(mode="after")
-    def _check_pools(self):
+    def _check_default_pool(self):
         pools = self.pools()
         if self.default_machine_type not in pools:
             raise ValueError(
-                f"default_machine_type {self.default_machine_type!r} is not one of the "
-                f"machine_types {sorted(pools)}"
+                f"{ENV_PREFIX}DEFAULT_MACHINE_TYPE {self.default_machine_type!r} is not one of "
+                f"{ENV_PREFIX}MACHINE_TYPES {sorted(pools)}"
             )
         return self
 
@@ -121,5 +127,8 @@ def load(cls: type[S], **overrides) -> S:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            if field:
+                lines.append(f"{prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            else:
+                lines.append(err["msg"])
         raise SettingsError("bad settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,72 @@
+"""Logs carry service/job/event and never a secret; /metrics serves the counters."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from preannotate.telemetry import logging as tlog
+from preannotate.telemetry import metrics
+
+
+def lines_of(fn) -> list[dict]:
+    stream = io.StringIO()
+    tlog.configure("exporter", "info", "json", stream=stream)
+    fn()
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+
+
+def test_json_lines_carry_service_job_and_event_ids():
+    def emit():
+        with structlog.contextvars.bound_contextvars(job_id="job-1", event_id="e-9"):
+            tlog.get_logger().info("exporting", task=12)
+
+    (line,) = lines_of(emit)
+    assert line["service"] == "exporter" and line["job_id"] == "job-1"
+    assert line["event_id"] == "e-9" and line["event"] == "exporting" and line["task"] == 12
+    assert line["level"] == "info" and "timestamp" in line
+
+
+def test_secrets_are_redacted_by_key_and_by_value():
+    def emit():
+        tlog.get_logger().info(
+            "calling CVAT",
+            token="abcd1234secret",
+            headers={"Authorization": "Bearer xyz987654321", "Accept": "json"},
+            url="https://admin:hunter2@cvat.local/api",
+            note="sent Token 0123456789abcdef and X-Signature-256 sha256=" + "ab" * 32,
+            webhook_secret="s3cr3t",
+            s3_secret_key="AKIA",
+        )
+
+    (line,) = lines_of(emit)
+    text = json.dumps(line)
+    for secret in (
+        "abcd1234secret",
+        "xyz987654321",
+        "hunter2",
+        "0123456789abcdef",
+        "s3cr3t",
+        "AKIA",
+        "ab" * 32,
+    ):
+        assert secret not in text, secret
+    assert line["headers"]["Accept"] == "json"
+    assert line["token"] == tlog.REDACTED and "cvat.local/api" in line["url"]
+
+
+def test_metrics_exposition_has_the_service_counters():
+    metrics.EVENTS_CONSUMED.labels("exporter", "task.annotated").inc()
+    metrics.EVENTS_DEAD_LETTERED.labels("exporter", "task.annotated").inc()
+    metrics.HANDLER_SECONDS.labels("exporter", "task.annotated").observe(0.2)
+    body, content_type = metrics.exposition()
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    for name in (
+        'preannotate_events_consumed_total{service="exporter",topic="task.annotated"}',
+        'preannotate_events_dead_lettered_total{service="exporter",topic="task.annotated"}',
+        'preannotate_handler_seconds_bucket{le="0.25",service="exporter",topic="task.annotated"}',
+    ):
+        assert name in text, name

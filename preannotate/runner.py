@@ -384,7 +384,8 @@ class Runtime:
         return out
 
     async def start(self) -> None:
-        await self.bus.start()
+        if self._own_bus:
+            await self.bus.start()
         await self.bus.ensure_topics(self.topic_specs())
         if self.status_view is not None:
             await self.status_view.start()

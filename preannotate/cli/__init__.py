@@ -1,0 +1,1 @@
+"""The ``preannotate`` command: run services, the embedded mode, and user commands."""

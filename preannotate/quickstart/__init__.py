@@ -1,0 +1,1 @@
+"""The quickstart: a dataset it makes, the real loop in one process, a report."""

@@ -1,0 +1,267 @@
+"""The stand-in's state: organisations, tasks, jobs, labels, frames, stored shapes.
+
+Plain dataclasses plus ``State``, which owns the id counters and builds tasks
+the way CVAT does (labels with ids, one job per segment of ``segment_size``
+frames). How these objects look on the wire lives in ``resources``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from PIL import Image
+
+#: Label types CVAT accepts for a task label.
+LABEL_TYPES = (
+    "any", "rectangle", "polygon", "polyline", "points", "ellipse", "cuboid", "mask", "skeleton",
+    "tag",
+)  # fmt: skip
+
+#: Attribute input types CVAT accepts.
+INPUT_TYPES = ("checkbox", "radio", "number", "text", "select")
+
+#: Job stages and states, as CVAT names them.
+JOB_STAGES = ("annotation", "validation", "acceptance")
+JOB_STATES = ("new", "in progress", "completed", "rejected")
+
+#: Label colours handed out in order, as CVAT's UI palette does.
+_COLOURS = ("#fa3253", "#3d3df5", "#34d1b7", "#ff6037", "#b83df5", "#f59331", "#2a7dd1")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """CVAT's timestamp format: ISO 8601 with microseconds and a Z."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class User:
+    id: int
+    username: str
+    first_name: str
+    last_name: str
+    email: str
+
+
+@dataclass
+class Frame:
+    name: str
+    data: bytes
+    width: int
+    height: int
+    broken: bool = False
+
+
+@dataclass
+class Label:
+    id: int
+    name: str
+    type: str
+    color: str
+    attributes: list[dict[str, Any]]
+    task_id: int
+    project_id: int | None
+
+
+@dataclass
+class Job:
+    id: int
+    task_id: int
+    start_frame: int
+    stop_frame: int
+    created: datetime
+    updated: datetime
+    state: str = "new"
+    stage: str = "annotation"
+
+    @property
+    def status(self) -> str:
+        """CVAT's legacy job status, derived from stage and state."""
+        if self.stage == "acceptance" and self.state == "completed":
+            return "completed"
+        if self.stage == "validation":
+            return "validation"
+        return "annotation"
+
+    def holds(self, frame: int) -> bool:
+        return self.start_frame <= frame <= self.stop_frame
+
+
+@dataclass
+class Task:
+    id: int
+    name: str
+    labels: list[Label]
+    frames: list[Frame]
+    jobs: list[Job]
+    owner: User
+    organization: str | None
+    project_id: int | None
+    segment_size: int
+    chunk_size: int
+    image_quality: int
+    subset: str
+    created: datetime
+    updated: datetime
+    data_id: int
+
+    @property
+    def status(self) -> str:
+        """ "completed" once every job is completed, else "annotation"."""
+        if self.jobs and all(job.state == "completed" for job in self.jobs):
+            return "completed"
+        return "annotation"
+
+    def label(self, label_id: int) -> Label | None:
+        return next((lb for lb in self.labels if lb.id == label_id), None)
+
+    def label_named(self, name: str) -> Label | None:
+        return next((lb for lb in self.labels if lb.name == name), None)
+
+    def job_for(self, frame: int) -> Job | None:
+        return next((job for job in self.jobs if job.holds(frame)), None)
+
+
+@dataclass
+class Annotations:
+    """One job's stored annotations, each object a dict as CVAT returns it."""
+
+    tags: list[dict[str, Any]] = field(default_factory=list)
+    shapes: list[dict[str, Any]] = field(default_factory=list)
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class State:
+    """Everything the stand-in holds, with CVAT-like id counters."""
+
+    def __init__(self) -> None:
+        self.user = User(1, "admin1", "Admin", "First", "admin1@cvat.org")
+        self.tasks: dict[int, Task] = {}
+        self.jobs: dict[int, Job] = {}
+        self.annotations: dict[int, Annotations] = {}
+        self.organizations: dict[str, int] = {}
+        self._task_ids = itertools.count(1)
+        self._job_ids = itertools.count(1)
+        self._label_ids = itertools.count(1)
+        self._attribute_ids = itertools.count(1)
+        self._data_ids = itertools.count(1)
+        self.shape_ids = itertools.count(1)
+        self.tag_ids = itertools.count(1)
+        self.track_ids = itertools.count(1)
+
+    def organization_id(self, slug: str) -> int:
+        if slug not in self.organizations:
+            self.organizations[slug] = len(self.organizations) + 1
+        return self.organizations[slug]
+
+    def create_task(
+        self,
+        name: str,
+        labels: list[dict[str, Any]],
+        images: list[tuple[str, bytes]],
+        *,
+        project_id: int | None,
+        segment_size: int | None,
+        organization: str | None,
+        chunk_size: int,
+        image_quality: int,
+        subset: str,
+    ) -> Task:
+        if not images:
+            raise ValueError("a task needs at least one image")
+        if segment_size is not None and segment_size < 1:
+            raise ValueError(f"segment_size must be at least 1, got {segment_size}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        if organization is not None:
+            self.organization_id(organization)
+        frames = [_frame(name_, data) for name_, data in images]
+        names = [f.name for f in frames]
+        if len(set(names)) != len(names):
+            raise ValueError("image names must be unique within a task")
+        task_id = next(self._task_ids)
+        created = now()
+        task_labels = [self._label(spec, i, task_id, project_id) for i, spec in enumerate(labels)]
+        label_names = [lb.name for lb in task_labels]
+        if len(set(label_names)) != len(label_names):
+            raise ValueError(f"label names must be unique, got {label_names}")
+        size = len(frames)
+        step = segment_size or size
+        jobs = []
+        for start in range(0, size, step):
+            job = Job(next(self._job_ids), task_id, start, min(start + step, size) - 1, created,
+                      created)  # fmt: skip
+            jobs.append(job)
+            self.jobs[job.id] = job
+            self.annotations[job.id] = Annotations()
+        task = Task(
+            id=task_id,
+            name=name,
+            labels=task_labels,
+            frames=frames,
+            jobs=jobs,
+            owner=self.user,
+            organization=organization,
+            project_id=project_id,
+            segment_size=step,
+            chunk_size=chunk_size,
+            image_quality=image_quality,
+            subset=subset,
+            created=created,
+            updated=created,
+            data_id=next(self._data_ids),
+        )
+        self.tasks[task_id] = task
+        return task
+
+    def _label(
+        self, spec: dict[str, Any], index: int, task_id: int, project_id: int | None
+    ) -> Label:
+        unknown = set(spec) - {"name", "type", "attributes", "color"}
+        if unknown:
+            raise ValueError(f"unknown label keys {sorted(unknown)}; use name, type, attributes")
+        if not spec.get("name"):
+            raise ValueError(f"label #{index} has no name")
+        label_type = spec.get("type", "any")
+        if label_type not in LABEL_TYPES:
+            raise ValueError(f"label type {label_type!r} is not one of {', '.join(LABEL_TYPES)}")
+        attributes = [self._attribute(a) for a in spec.get("attributes", [])]
+        color = spec.get("color") or _COLOURS[index % len(_COLOURS)]
+        return Label(next(self._label_ids), spec["name"], label_type, color, attributes, task_id,
+                     project_id)  # fmt: skip
+
+    def _attribute(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if not spec.get("name"):
+            raise ValueError("every label attribute needs a name")
+        input_type = spec.get("input_type", "text")
+        if input_type not in INPUT_TYPES:
+            raise ValueError(f"input_type {input_type!r} is not one of {', '.join(INPUT_TYPES)}")
+        values = [str(v) for v in spec.get("values", [""])]
+        return {
+            "id": next(self._attribute_ids),
+            "name": spec["name"],
+            "mutable": bool(spec.get("mutable", False)),
+            "input_type": input_type,
+            "default_value": str(spec.get("default_value", values[0] if values else "")),
+            "values": values,
+        }
+
+
+def _frame(name: str, data: bytes) -> Frame:
+    if not name or name.startswith("/") or ".." in name.split("/"):
+        raise ValueError(f"image name {name!r} must be a relative path without '..'")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception as exc:  # PIL raises many kinds for bad bytes
+        raise ValueError(f"image {name!r} is not a readable image: {exc}") from exc
+    return Frame(name, data, width, height)

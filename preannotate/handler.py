@@ -78,6 +78,11 @@ class Context(Protocol):
     def cancel_requested(self) -> bool:
         """Whether a user asked to cancel this record's job."""
 
+    def stop_requested(self) -> bool:
+        """Whether the service is shutting down: a long handler may stop early
+        (checkpoint, then raise ``errors.Interrupted``) and the record is left
+        for redelivery."""
+
     async def publish(self, topic: str, message: Message) -> str:
         """Publish now (not recorded for redelivery): for side events only."""
 

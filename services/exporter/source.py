@@ -1,0 +1,122 @@
+"""Where a task's COCO 1.0 archive comes from: CVAT, or a local file.
+
+``msg.cvat.url``:
+
+- empty, or the configured ``PREANNOTATE_CVAT_URL`` (same scheme, host and
+  port): CVAT's export flow (``cvat_client``) with the configured token; a
+  message that names another CVAT is refused, so the token never travels to
+  a server nobody configured;
+- ``file:///path/export.zip``: a zip in CVAT's COCO 1.0 layout on this
+  machine (the quickstart's path, data that comes from no CVAT server);
+  allowed while ``PREANNOTATE_EXPORT_ALLOW_FILE_IMPORT`` is on, and only under
+  ``PREANNOTATE_EXPORT_FILE_IMPORT_ROOT`` when that is set.
+
+Either way the handler gets a zip path and treats it the same: safe unpack,
+then conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from preannotate.errors import InvalidArgument, NotFound
+from preannotate.v1 import common_pb2
+from services.exporter.cvat_client import CvatConfig, CvatExporter, origin
+from services.exporter.settings import ExporterSettings
+
+StatusCallback = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Archive:
+    path: Path
+    #: For the manifest: {"kind": "cvat"|"file", ...}.
+    source: dict[str, str | int]
+    #: For messages: "CVAT task 12" or "file /data/export.zip".
+    describe: str
+
+
+def cvat_config(settings: ExporterSettings, organization: str = "") -> CvatConfig:
+    return CvatConfig(
+        url=settings.cvat_url,
+        token=settings.cvat_token.get_secret_value(),
+        auth_scheme=settings.cvat_auth_scheme,
+        organization=organization or settings.cvat_organization,
+        verify_tls=settings.cvat_verify_tls,
+        request_timeout=settings.cvat_request_timeout_seconds,
+        export_timeout=settings.cvat_export_timeout_seconds,
+        poll_interval=settings.cvat_poll_interval_seconds,
+        retry_attempts=settings.cvat_retry_attempts,
+        backoff=settings.cvat_retry_backoff_seconds,
+        backoff_max=settings.cvat_retry_backoff_max_seconds,
+        max_archive_bytes=settings.export_max_archive_bytes,
+    )
+
+
+def is_file_source(cvat: common_pb2.CvatRef) -> bool:
+    return cvat.url.startswith("file://")
+
+
+def local_archive(url: str, settings: ExporterSettings) -> Path:
+    """The zip a ``file://`` URL names, once it passes the settings' rules."""
+    if not settings.export_allow_file_import:
+        raise InvalidArgument(
+            f"{url!r}: importing local files is off (PREANNOTATE_EXPORT_ALLOW_FILE_IMPORT)"
+        )
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidArgument(f"{url!r}: a file:// URL must name a local path (file:///...)")
+    path = Path(unquote(parts.path))
+    if not path.is_absolute():
+        raise InvalidArgument(f"{url!r}: a file:// URL must hold an absolute path")
+    resolved = path.resolve()
+    root = settings.export_file_import_root
+    if root is not None and Path(root).resolve() not in resolved.parents:
+        raise InvalidArgument(
+            f"{url!r} is outside {root} (PREANNOTATE_EXPORT_FILE_IMPORT_ROOT): move the archive "
+            "there"
+        )
+    if not resolved.is_file():
+        raise NotFound(f"{url!r}: no such file")
+    size = resolved.stat().st_size
+    if size > settings.export_max_archive_bytes:
+        raise InvalidArgument(
+            f"{url!r} is {size} bytes, more than the limit of {settings.export_max_archive_bytes} "
+            "(PREANNOTATE_EXPORT_MAX_ARCHIVE_BYTES)"
+        )
+    return resolved
+
+
+async def fetch_archive(
+    cvat: common_pb2.CvatRef,
+    settings: ExporterSettings,
+    work: Path,
+    *,
+    on_status: StatusCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Archive:
+    """The task's archive on local disk (downloaded into ``work`` when from CVAT)."""
+    if is_file_source(cvat):
+        path = local_archive(cvat.url, settings)
+        return Archive(path, {"kind": "file", "url": cvat.url}, f"file {path}")
+    if cvat.url and origin(cvat.url) != origin(settings.cvat_url):
+        raise InvalidArgument(
+            f"the event names CVAT at {cvat.url!r}, this exporter is configured for "
+            f"{settings.cvat_url!r} (PREANNOTATE_CVAT_URL): leave cvat.url empty or use that "
+            "address"
+        )
+    config = cvat_config(settings, cvat.organization)
+    client = CvatExporter(config)
+    try:
+        path = await client.export_task(
+            cvat.task_id, work / "export.zip", on_status=on_status, cancelled=cancelled
+        )
+    finally:
+        client.close()
+    source: dict[str, str | int] = {"kind": "cvat", "url": config.url, "task_id": cvat.task_id}
+    if config.organization:
+        source["organization"] = config.organization
+    return Archive(path, source, f"CVAT task {cvat.task_id}")

@@ -1,0 +1,38 @@
+"""Fixtures of the exporter tests: settings, storage, a fake record context."""
+
+from __future__ import annotations
+
+import pytest
+
+from preannotate.storage import LocalStorage
+from services.exporter.settings import ExporterSettings
+from tests.exporter.fakes import FakeContext
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return LocalStorage(tmp_path / "storage")
+
+
+@pytest.fixture
+def ctx(storage):
+    return FakeContext(storage)
+
+
+@pytest.fixture
+def make_settings(tmp_path):
+    def make(**overrides) -> ExporterSettings:
+        values = {
+            "storage": "local",
+            "storage_root": tmp_path / "storage",
+            "export_work_dir": tmp_path / "work",
+            "cvat_token": "secret-token",
+            "cvat_poll_interval_seconds": 0.02,
+            "cvat_retry_backoff_seconds": 0.01,
+            "cvat_request_timeout_seconds": 5.0,
+            "cvat_export_timeout_seconds": 30.0,
+            **overrides,
+        }
+        return ExporterSettings(**values)
+
+    return make

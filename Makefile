@@ -1,0 +1,44 @@
+# Entry points for developers and CI (see docs/local-infra.md).
+#
+#   make setup       .venv with python3.11, the package with every extra, Kafka's jars
+#   make test        setup, then the whole test suite (ARGS="tests/platform -x" to narrow)
+#   make quickstart  setup, then the whole loop on a small made-up dataset, on the CPU
+#   make lint        ruff check and ruff format --check
+#   make protos      regenerate preannotate/v1/*_pb2*.py from protos/
+#
+# setup is quick the second time: pip runs again only when pyproject.toml is
+# newer than the venv's stamp, and the jar fetch is skipped when the cache has them.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LINT_PATHS := preannotate services tests scripts bench
+ARGS ?=
+
+.PHONY: setup kafka test quickstart lint protos
+
+setup: $(STAMP) kafka
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[all,test]'
+	touch $@
+
+kafka:
+	$(PYTHON) scripts/localkafka.py fetch
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+quickstart: setup
+	$(BIN)/preannotate quickstart
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py

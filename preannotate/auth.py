@@ -16,6 +16,8 @@ header is UNAUTHENTICATED, an unknown token too. Servicers ask ``caller()``
 for the ``Access`` of the current call and use ``Access.check(namespace)``
 (PERMISSION_DENIED) or ``Access.visible(...)``. Without a tokens file there
 is no interceptor and ``caller()`` answers ``Access.open()``.
+``server_interceptors(tokens_file)`` gives a service's whole list (errors
+mapped first, then tokens), for ``ServiceSpec.grpc_interceptors``.
 """
 
 from __future__ import annotations
@@ -217,3 +219,16 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             _current.set(self.authenticate(context.invocation_metadata()))
 
         return wrap_handler(handler, lambda b, s: guarded(b, s, before))
+
+
+def server_interceptors(tokens_file: str | Path | None) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors of a gRPC service: errors mapped, and tokens checked when a file is set.
+
+    Raises ``InvalidArgument`` (with the file and the entry) for a bad tokens file.
+    """
+    from preannotate.grpc_errors import ErrorInterceptor
+
+    out: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if tokens_file:
+        out.append(TokenAuthInterceptor(TokenTable.load(tokens_file)))
+    return out

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import structlog
 
 from preannotate.errors import (
     AlreadyExists,
@@ -28,7 +29,6 @@ from preannotate.errors import (
     Unauthenticated,
     Unavailable,
 )
-from preannotate.telemetry.logging import get_logger
 
 #: Most specific first: subclasses (UnsafeName, BadEvent) inherit their base's code.
 STATUS_CODES: tuple[tuple[type[PreannotateError], grpc.StatusCode], ...] = (
@@ -42,7 +42,8 @@ STATUS_CODES: tuple[tuple[type[PreannotateError], grpc.StatusCode], ...] = (
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
-log = get_logger(component="grpc")
+#: Lazy: resolved at each call, so it follows ``telemetry.logging.configure``.
+log = structlog.get_logger(component="grpc")
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -187,12 +187,11 @@ class RouteWorker:
                 await self._commit(record, log)
                 return
         view = self.runtime.status_view
-        if view is not None:
-            current = view.get(message.job_id)
-            if current is not None and current.state == events_pb2.JOB_STATE_CANCELLED:
-                log.info("job was cancelled; skipping")
-                await self._commit(record, log)
-                return
+        if view is not None and view.cancel_requested(message.job_id):
+            log.info("job was cancelled before this stage started; skipping")
+            await self._status(message, events_pb2.JOB_STATE_CANCELLED, "cancelled by request")
+            await self._commit(record, log)
+            return
 
         attempt = 0
         while True:

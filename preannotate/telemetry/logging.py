@@ -84,4 +84,5 @@ def configure(service: str, level: str = "info", fmt: str = "json", stream=None)
 
 
 def get_logger(**bound: Any):
-    return structlog.get_logger().bind(**bound)
+    """A lazy logger: it follows ``configure()`` even when made at import time."""
+    return structlog.get_logger(**bound)

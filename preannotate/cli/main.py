@@ -3,11 +3,13 @@
     preannotate run exporter        run one service (distributed mode)
     preannotate up                  every service in one process (embedded mode)
     preannotate quickstart          the whole loop on a dataset it makes
-    preannotate train / jobs / models / model-types      (the gateway's client)
-    preannotate annotate / predict                       (the inference client)
+    preannotate train / watch / cancel / jobs / models / model-types   (TrainingService)
+    preannotate annotate / predict                                   (InferenceService)
 
-Commands are registered in ``COMMANDS`` below; each one's module is imported
-only when it runs, so ``preannotate jobs`` never imports TensorFlow.
+Commands are registered in ``COMMANDS`` below: each names the module whose
+``add_arguments(name, parser)`` declares its options and returns its handler.
+Only the chosen command's module is imported, so ``preannotate jobs`` never
+imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,30 +17,38 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable
 
-#: name -> (module under preannotate.cli, one-line help)
+#: name -> (module with add_arguments, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("preannotate.cli.run", "run one service in this process (distributed mode)"),
+    "up": ("preannotate.cli.up", "run every service in one process (embedded mode)"),
+    "train": ("services.gateway.cli", "ask for a model and follow its job with a progress bar"),
+    "watch": ("services.gateway.cli", "follow a job until it ends"),
+    "cancel": ("services.gateway.cli", "ask a job to stop"),
+    "jobs": ("services.gateway.cli", "list jobs"),
+    "models": ("services.gateway.cli", "list ready models"),
+    "model-types": ("services.gateway.cli", "list the model catalog"),
 }
 
+DESCRIPTION = "Turn annotated CVAT tasks into models that pre-annotate the next tasks."
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
-    parser = argparse.ArgumentParser(
-        prog="preannotate",
-        description="Turn annotated CVAT tasks into models that pre-annotate the next tasks.",
-    )
+
+def build_parser(command: str | None) -> tuple[argparse.ArgumentParser, dict]:
+    """The parser; only ``command``'s options are declared (and its module imported)."""
+    parser = argparse.ArgumentParser(prog="preannotate", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    handlers: dict[str, Callable] = {}
+    handlers = {}
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        handlers[name] = module.add_arguments(name, cmd)
+        if name == command:
+            handlers[name] = importlib.import_module(module_name).add_arguments(name, cmd)
     return parser, handlers
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, handlers = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser, handlers = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(handlers[args.command](args) or 0)

@@ -1,7 +1,7 @@
 # Entry points for developers and CI (see docs/local-infra.md).
 #
 #   make setup       .venv with python3.11, the package with every extra, Kafka's jars
-#   make test        setup, then the whole test suite (ARGS="tests/platform -x" to narrow)
+#   make test        setup and deploy/'s validators, then the whole test suite (ARGS="tests/platform -x" to narrow)
 #   make quickstart  setup, then the whole loop on a small made-up dataset, on the CPU
 #   make lint        ruff check and ruff format --check
 #   make protos      regenerate preannotate/v1/*_pb2*.py from protos/
@@ -13,10 +13,10 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINT_PATHS := preannotate services tests scripts bench
+LINT_PATHS := preannotate services tests scripts bench deploy
 ARGS ?=
 
-.PHONY: setup kafka test quickstart lint protos
+.PHONY: setup kafka deploy-tools test quickstart lint protos
 
 setup: $(STAMP) kafka
 
@@ -30,7 +30,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 kafka:
 	$(PYTHON) scripts/localkafka.py fetch
 
-test: setup
+# The validators of deploy/ (docker compose, kustomize, schemas), built once per machine.
+deploy-tools: $(STAMP)
+	$(BIN)/python deploy/tools.py fetch
+
+test: setup deploy-tools
 	$(BIN)/python -m pytest -q $(ARGS)
 
 quickstart: setup

@@ -1,0 +1,100 @@
+"""Fixtures of the deploy/ checks: the validators and the rendered manifests.
+
+The validators (docker compose, kustomize, kubernetes-validate, promql-parser,
+the CRD models) are fetched and built by ``deploy/tools.py`` the first time a
+test asks for them and cached in ``.cache/deploy-tools``; building docker
+compose from its Go module takes minutes the first time, so the tests that
+need it carry a long timeout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+COMPOSE_FILE = DEPLOY / "compose" / "docker-compose.yml"
+K8S = DEPLOY / "k8s"
+OVERLAYS = ["base", "overlays/gpu", "overlays/dev"]
+#: Seconds a first build of a validator may take on a 2-core machine.
+BUILD_TIMEOUT = 2400
+
+
+def load_deploy_module(name: str) -> ModuleType:
+    """Import ``deploy/<name>.py`` (deploy/ is not a package)."""
+    module_name = f"preannotate_deploy_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, DEPLOY / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tools() -> ModuleType:
+    return load_deploy_module("tools")
+
+
+@pytest.fixture(scope="session")
+def generate() -> ModuleType:
+    return load_deploy_module("generate")
+
+
+def _tool(tools: ModuleType, name: str) -> Any:
+    try:
+        return getattr(tools, name)()
+    except tools.ToolError as exc:
+        pytest.fail(f"deploy/tools.py could not provide {name}: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def compose_bin(tools: ModuleType) -> Path:
+    return _tool(tools, "compose")
+
+
+@pytest.fixture(scope="session")
+def kustomize_bin(tools: ModuleType) -> Path:
+    return _tool(tools, "kustomize")
+
+
+@pytest.fixture(scope="session")
+def python_tools(tools: ModuleType) -> None:
+    """kubernetes_validate and promql_parser importable."""
+    try:
+        tools.use_python_packages()
+    except tools.ToolError as exc:
+        pytest.fail(f"deploy/tools.py could not install its Python packages: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def node_root(tools: ModuleType) -> Path:
+    return _tool(tools, "node_modules")
+
+
+def run(cmd: list[str], *, cwd: Path = REPO, timeout: float = 120, **kw: Any):
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, **kw
+    )
+
+
+@pytest.fixture(scope="session")
+def rendered(kustomize_bin: Path) -> dict[str, list[dict[str, Any]]]:
+    """``kustomize build`` of the base and of each overlay: their objects."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in OVERLAYS:
+        done = run([str(kustomize_bin), "build", str(K8S / name)])
+        if done.returncode != 0:
+            pytest.fail(f"kustomize build deploy/k8s/{name} failed:\n{done.stderr}", pytrace=False)
+        out[name] = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return out

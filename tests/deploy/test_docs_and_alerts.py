@@ -1,0 +1,79 @@
+"""docs/operations.md and the alert rules: generated parts current, every setting
+and every alert documented, every rule well-formed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import DEPLOY, REPO
+from tests.deploy.promql import metric_names
+
+OPERATIONS = REPO / "docs" / "operations.md"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+
+
+def rules() -> list[dict]:
+    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+
+
+def test_generated_parts_are_current(generate, capsys: pytest.CaptureFixture[str]) -> None:
+    code = generate.main(["--check"])
+    assert code == 0, f"stale: {capsys.readouterr().out} (run .venv/bin/python deploy/generate.py)"
+
+
+def test_generate_check_notices_a_stale_table(generate, monkeypatch, tmp_path) -> None:
+    copy = tmp_path / "operations.md"
+    copy.write_text(
+        OPERATIONS.read_text().replace("PREANNOTATE_KAFKA_BOOTSTRAP", "PREANNOTATE_KAFKA")
+    )
+    monkeypatch.setattr(generate, "OPERATIONS", copy)
+    assert generate.main(["--check"]) == 1
+    assert generate.main([]) == 0
+    assert copy.read_text() == OPERATIONS.read_text()
+
+
+def test_every_setting_is_documented(generate) -> None:
+    shared, per_service = generate.collect()
+    assert {"gateway", "exporter", "trainer", "converter", "inference"} <= set(per_service)
+    text = OPERATIONS.read_text()
+    missing = []
+    for s in [*shared, *(s for settings in per_service.values() for s in settings)]:
+        assert f"`{s.variable}`" in text
+        if not s.doc.strip():
+            missing.append(s.variable)
+    assert not missing, (
+        f"no description for {missing}: add a `#:` comment above the field in its settings "
+        "class (or an entry in deploy/generate.py NOTES)"
+    )
+
+
+def test_every_alert_is_well_formed_and_documented(python_tools) -> None:
+    text = OPERATIONS.read_text()
+    headings = set(re.findall(r"^### (\w+)$", text, flags=re.M))
+    names = [r["alert"] for r in rules()]
+    assert len(names) == len(set(names))
+    for rule in rules():
+        name = rule["alert"]
+        assert metric_names(rule["expr"]), name
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+        assert f"docs/operations.md#{name.lower()}" in rule["annotations"]["description"], name
+        assert name in headings, f"docs/operations.md has no section for {name}"
+        if "for" in rule:
+            assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+    kinds = " ".join(r["expr"] for r in rules())
+    for metric in (
+        "preannotate_events_dead_lettered_total",
+        "preannotate_consumer_lag",
+        "preannotate_jobs",
+        "up",
+    ):
+        assert metric in kinds, f"no alert reads {metric}"
+
+
+def test_prometheus_rule_is_the_rule_file() -> None:
+    rule = yaml.safe_load((DEPLOY / "k8s" / "base" / "prometheus-rule.yaml").read_text())
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]

@@ -242,9 +242,13 @@ class RouteWorker:
 
         outcome = outcome or Outcome.nothing()
         entries = [Entry(e.topic, e.message, str(uuid.uuid4())) for e in outcome.emits]
-        await self._final_status(message, outcome)
+        # the status and the ledger entry go out together; both before the events
+        durable = [self._final_status(message, outcome)]
         if self.route.once:
-            await asyncio.to_thread(ledger.write, namespace, message.job_id, self.stage, entries)
+            durable.append(
+                asyncio.to_thread(ledger.write, namespace, message.job_id, self.stage, entries)
+            )
+        await asyncio.gather(*durable)
         await self._publish(entries)
         await self._commit(record, log)
 

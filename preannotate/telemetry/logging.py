@@ -21,7 +21,7 @@ _SECRET_KEY = re.compile(
     re.I,
 )
 _SECRET_VALUE = [
-    (re.compile(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + REDACTED),
+    (re.compile(r"\b(Bearer|Token|Basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + REDACTED),
     (re.compile(r"(?i)(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + REDACTED + "@"),
     (re.compile(r"(?i)\bsha256=[0-9a-f]{16,}"), "sha256=" + REDACTED),
     (

@@ -1,0 +1,130 @@
+"""Checkpoints between the local model folder and storage.
+
+Locally the training loop writes TensorFlow's usual layout: ``ckpt-<step>.index``,
+``ckpt-<step>.data-*`` and the ``checkpoint`` state file in one folder. In
+storage each checkpoint gets a folder of its own::
+
+    <model prefix>/checkpoints/ckpt-<step>/ckpt-<step>.index
+    <model prefix>/checkpoints/ckpt-<step>/ckpt-<step>.data-00000-of-00001
+
+so that an old one is removed with the storage's delete-by-prefix, and the
+checkpoint's key (what ``model.trained`` carries, what TensorFlow restores
+once the files are local) is ``.../checkpoints/ckpt-<step>/ckpt-<step>``.
+
+``upload()`` mirrors the local folder after every save: data files first, the
+index last, then it deletes the stored checkpoints the folder no longer holds.
+An index in storage therefore always has its data. ``download_latest()`` is
+the resume side: the newest checkpoint whose index is stored, downloaded, with
+a state file naming it, so the loop restores it and goes on from its step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from preannotate.storage import Storage
+
+CHECKPOINTS = "checkpoints/"
+STATE_FILE = "checkpoint"
+_CKPT = re.compile(r"^ckpt-(\d+)\.(index|data-\d{5}-of-(\d{5}))$")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    step: int
+    #: The checkpoint's storage key: ".../checkpoints/ckpt-<step>/ckpt-<step>".
+    key: str
+    #: Its file names (in the key's folder).
+    files: tuple[str, ...]
+
+
+def folder_key(prefix: str, step: int) -> str:
+    return f"{prefix}{CHECKPOINTS}ckpt-{step}/"
+
+
+def checkpoint_key(prefix: str, step: int) -> str:
+    return f"{folder_key(prefix, step)}ckpt-{step}"
+
+
+def _step_of(name: str) -> int | None:
+    match = _CKPT.match(name)
+    return int(match.group(1)) if match else None
+
+
+def local_steps(local_dir: Path) -> dict[int, list[Path]]:
+    """The checkpoint files of the local folder, by step."""
+    found: dict[int, list[Path]] = {}
+    for path in Path(local_dir).iterdir():
+        step = _step_of(path.name)
+        if step is not None and path.is_file():
+            found.setdefault(step, []).append(path)
+    return found
+
+
+def upload(storage: Storage, local_dir: Path, prefix: str, uploaded: set[int]) -> list[int]:
+    """Mirror the local checkpoints to storage; returns the steps stored now.
+
+    ``uploaded`` holds the steps already in storage and is updated, so each
+    checkpoint goes up once.
+    """
+    here = local_steps(local_dir)
+    for step in sorted(set(here) - uploaded):
+        files = sorted(here[step], key=lambda p: (p.suffix == ".index", p.name))
+        for path in files:  # data first, index last
+            storage.upload_file(folder_key(prefix, step) + path.name, path)
+        uploaded.add(step)
+    for step in stored_steps(storage, prefix):
+        if step not in here:
+            storage.delete_prefix(folder_key(prefix, step))
+            uploaded.discard(step)
+    return sorted(uploaded)
+
+
+def stored_steps(storage: Storage, prefix: str) -> list[int]:
+    """Steps that have a folder under ``checkpoints/`` (complete or not)."""
+    base = prefix + CHECKPOINTS
+    steps = set()
+    for key in storage.list(base):
+        folder = key[len(base) :].split("/", 1)[0]
+        if folder.startswith("ckpt-") and folder[5:].isdigit():
+            steps.add(int(folder[5:]))
+    return sorted(steps)
+
+
+def latest(storage: Storage, prefix: str) -> CheckpointRef | None:
+    """The newest stored checkpoint whose index and every data shard are there."""
+    for step in reversed(stored_steps(storage, prefix)):
+        folder = folder_key(prefix, step)
+        names = [key[len(folder) :] for key in storage.list(folder)]
+        data = [n for n in names if _step_of(n) == step and ".data-" in n]
+        if f"ckpt-{step}.index" not in names or not data:
+            continue
+        if len(data) != int(data[0].rsplit("-of-", 1)[1]):
+            continue
+        files = tuple(sorted([*data, f"ckpt-{step}.index"]))
+        return CheckpointRef(step, checkpoint_key(prefix, step), files)
+    return None
+
+
+def download(storage: Storage, ref: CheckpointRef, local_dir: Path) -> Path:
+    """Download one checkpoint's files into ``local_dir``; returns its local path prefix."""
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    folder = ref.key.rsplit("/", 1)[0] + "/"
+    for name in ref.files:
+        storage.download_file(folder + name, local_dir / name)
+    return local_dir / f"ckpt-{ref.step}"
+
+
+def download_latest(storage: Storage, prefix: str, local_dir: Path) -> CheckpointRef | None:
+    """Resume: the newest stored checkpoint, downloaded, with a state file naming it."""
+    ref = latest(storage, prefix)
+    if ref is None:
+        return None
+    download(storage, ref, local_dir)
+    (Path(local_dir) / STATE_FILE).write_text(
+        f'model_checkpoint_path: "ckpt-{ref.step}"\nall_model_checkpoint_paths: "ckpt-{ref.step}"\n'
+    )
+    return ref

@@ -1,0 +1,218 @@
+"""The trainer's bus handler: ``train.jobs.<machine>`` (DatasetExported) -> ``model.trained``.
+
+1. Validate before any work: the model type (catalog), the arguments (the same
+   parser as the gateway, against this pool's GPUs), the base model's
+   namespace, the classes, masks for Mask R-CNN. A refusal is
+   ``InvalidArgument``: the runner sends the record to the DLQ and marks the
+   job failed with the message.
+2. A version of this job that is finished already (its manifest exists):
+   emit the same ``ModelTrained`` again, do nothing else.
+3. Run the job (``services.trainer.job``) in a thread; its progress reaches
+   ``job.status`` through ``ctx.report`` on the event loop, and the Prometheus
+   gauges (``metrics``). ``ctx.cancel_requested`` stops it at the next step
+   (``Cancelled``); ``ctx.stop_requested`` (shutdown) checkpoints and leaves
+   the record for redelivery (``Interrupted``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from preannotate import arguments, topics
+from preannotate.catalog import Catalog, default_catalog
+from preannotate.errors import InvalidArgument
+from preannotate.handler import Context, Outcome
+from preannotate.keys import check_name, dataset_prefix
+from preannotate.storage.base import check_prefix
+from preannotate.v1 import common_pb2, events_pb2
+from services.trainer import job as job_lib
+from services.trainer import metrics
+from services.trainer.progress import TrainProgress
+from services.trainer.settings import TrainerSettings
+
+STAGE = events_pb2.JOB_STAGE_TRAIN
+
+
+def default_model_name(model_type: str, task_id: int) -> str:
+    """The gateway's default (``<model type>-task<id>``), for events that name no model."""
+    return f"{model_type}-task{task_id}" if task_id else model_type
+
+
+def validate(
+    msg: events_pb2.DatasetExported, settings: TrainerSettings, catalog: Catalog
+) -> job_lib.JobSpec:
+    """The job the event asks for, or ``InvalidArgument`` saying what to change."""
+    namespace = check_name(msg.namespace or "default", "namespace")
+    job_id = check_name(msg.job_id, "job id")
+    training = msg.training
+    if not training.model_type:
+        raise InvalidArgument(
+            f"the job names no model type; choose one of: {', '.join(catalog.names())}"
+        )
+    entry = catalog.get(training.model_type)
+    parsed = arguments.parse(
+        training.arguments,
+        entry,
+        machine_gpus=settings.machine_gpus,
+        requested_gpus=training.gpus,
+    )
+    base = (
+        arguments.base_model_from_proto(training.base_model, namespace)
+        if training.HasField("base_model")
+        else None
+    )
+    classes = tuple(msg.classes)
+    if not classes:
+        raise InvalidArgument("the dataset has no classes: label some shapes in the CVAT task")
+    if any(not name for name in classes):
+        raise InvalidArgument("the dataset has a class with an empty name")
+    if entry.has_masks and not msg.has_masks:
+        raise InvalidArgument(
+            f"{entry.name} learns instance masks, and this dataset has none: draw polygons or "
+            "masks in CVAT, or pick a box model such as frcnn-res50-coco"
+        )
+    if msg.train.images < 1:
+        raise InvalidArgument("the dataset's training split has no images")
+    prefix = msg.dataset_prefix or dataset_prefix(namespace, job_id)
+    check_prefix(prefix)
+    if not prefix.startswith(f"{namespace}/datasets/"):
+        raise InvalidArgument(
+            f"dataset prefix {prefix!r} is not under {namespace}/datasets/: refusing to read it"
+        )
+    name = check_name(
+        training.model_name or default_model_name(entry.name, msg.cvat.task_id), "model name"
+    )
+    origin: dict[str, Any] = {}
+    if msg.cvat.task_id:
+        origin["cvat_task_id"] = msg.cvat.task_id
+    return job_lib.JobSpec(
+        job_id=job_id,
+        namespace=namespace,
+        entry=entry,
+        arguments=parsed,
+        base=base,
+        model_name=name,
+        dataset_prefix=prefix,
+        classes=classes,
+        train_images=int(msg.train.images),
+        val_images=int(msg.val.images),
+        has_masks=bool(msg.has_masks),
+        origin=origin,
+    )
+
+
+def model_trained(
+    msg: events_pb2.DatasetExported, trained: job_lib.TrainedModel
+) -> events_pb2.ModelTrained:
+    return events_pb2.ModelTrained(
+        job_id=msg.job_id,
+        namespace=trained.namespace,
+        model=common_pb2.ModelRef(
+            namespace=trained.namespace, name=trained.name, version=trained.version
+        ),
+        model_type=trained.model_type,
+        model_prefix=trained.prefix,
+        checkpoint=trained.checkpoint,
+        classes=list(trained.classes),
+        metrics=trained.metrics,
+        steps=trained.steps,
+        input_size=trained.input_size,
+        dataset_prefix=msg.dataset_prefix,
+        cvat=msg.cvat,
+    )
+
+
+class _ThreadReporter:
+    """Hands the job thread's reports to the event loop (``ctx.report``) and the gauges."""
+
+    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop, spec: job_lib.JobSpec):
+        self.ctx, self.loop, self.spec = ctx, loop, spec
+        self.pending: set[Any] = set()
+        self.model: common_pb2.ModelRef | None = None
+
+    def _send(self, **kwargs: Any) -> None:
+        future = asyncio.run_coroutine_threadsafe(
+            self.ctx.report(stage=STAGE, model=self.model, **kwargs), self.loop
+        )
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+
+    def _model_from(self, details: dict[str, str]) -> None:
+        ref = details.get("model", "")
+        if ref.count("/") == 2 and self.model is None:
+            ns, name, version = ref.split("/")
+            self.model = common_pb2.ModelRef(namespace=ns, name=name, version=int(version))
+
+    def status(self, message: str, details: dict[str, str]) -> None:
+        self._model_from(details)
+        self._send(message=message, details=dict(details))
+
+    def progress(self, progress: TrainProgress, details: dict[str, str]) -> None:
+        self._model_from(details)
+        metrics.observe(self.spec.job_id, self.spec.entry.name, progress)
+        stage = f" (stage {progress.stage})" if progress.stage else ""
+        self._send(
+            message=f"training: step {progress.step} of {progress.total}{stage}, "
+            f"loss {progress.loss:.4f}",
+            progress=progress.to_proto(),
+            details=dict(details),
+        )
+
+    async def settle(self) -> None:
+        """Wait (briefly) for the reports still on their way."""
+        for future in list(self.pending):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(future), timeout=10)
+
+
+def _flag(ctx: Context, name: str) -> Callable[[], bool]:
+    check = getattr(ctx, name, None)
+    return check if callable(check) else (lambda: False)
+
+
+async def handle_dataset_exported(
+    msg: events_pb2.DatasetExported,
+    ctx: Context,
+    *,
+    settings: TrainerSettings,
+    catalog: Catalog | None = None,
+) -> Outcome:
+    """Train the model a DatasetExported asks for; emit ``model.trained``."""
+    catalog = catalog or default_catalog()
+    spec = validate(msg, settings, catalog)
+    finished = await asyncio.to_thread(job_lib.find_finished, ctx.storage, spec)
+    if finished is not None:
+        ctx.log.info("model already trained for this job; re-emitting", model=finished.prefix)
+        return _outcome(msg, finished)
+
+    loop = asyncio.get_running_loop()
+    reporter = _ThreadReporter(ctx, loop, spec)
+    metrics.JOBS_RUNNING.inc()
+    try:
+        trained = await asyncio.to_thread(
+            job_lib.run,
+            ctx.storage,
+            settings,
+            spec,
+            catalog,
+            reporter,
+            should_stop=_flag(ctx, "cancel_requested"),
+            should_interrupt=_flag(ctx, "stop_requested"),
+        )
+    finally:
+        metrics.JOBS_RUNNING.dec()
+        metrics.forget(spec.job_id, spec.entry.name)
+        await reporter.settle()
+    return _outcome(msg, trained)
+
+
+def _outcome(msg: events_pb2.DatasetExported, trained: job_lib.TrainedModel) -> Outcome:
+    metrics_text = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items() if "mAP" in k)
+    message = (
+        f"trained {trained.namespace}/{trained.name}/{trained.version} in {trained.steps} steps"
+        + (f" ({metrics_text})" if metrics_text else "")
+    )
+    return Outcome.emit(topics.MODEL_TRAINED, model_trained(msg, trained), final_message=message)

@@ -1,0 +1,75 @@
+"""The trainer's settings: its pool, local work folder, checkpoints, progress, COCO weights.
+
+Every field is read from ``PREANNOTATE_<FIELD>`` (upper case), e.g.
+``PREANNOTATE_MACHINE_TYPE=gpu-4``, ``PREANNOTATE_TRAINER_CHECKPOINT_EVERY=1000``.
+The pools and their GPU counts (``PREANNOTATE_MACHINE_TYPES="cpu=0,gpu-4=4"``)
+come from ``ServiceSettings``; ``machine_type`` says which pool this worker
+serves, so its GPU count is the pool's.
+
+``trainer_coco_checkpoints`` maps a catalog name to a checkpoint that a model
+without a base model starts from (JSON, e.g.
+``{"frcnn-res50-coco": "/weights/frcnn_r50/ckpt-90000"}``): a local path or
+one TensorFlow reads, or ``storage:<key>`` for a checkpoint in the product's
+storage (``<key>.index`` and its data files). Its backbone, and its decoder
+when it has one, are restored; the heads start fresh.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from preannotate.settings import ENV_PREFIX, ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    """Settings of one trainer worker (``PREANNOTATE_`` + field name in upper case)."""
+
+    #: The pool this worker consumes: train.jobs.<machine_type>.
+    machine_type: str = "cpu"
+    #: Local cache of datasets and model folders (checkpoints, TensorBoard).
+    trainer_work_dir: Path = Path("var/trainer")
+    #: Steps between checkpoints (a job's checkpoint_every argument wins).
+    trainer_checkpoint_every: int = Field(500, ge=1)
+    #: Checkpoints kept per model version, locally and in storage.
+    trainer_keep_checkpoints: int = Field(3, ge=1)
+    #: Seconds between progress reports (job.status and the gauges).
+    trainer_progress_seconds: float = Field(5.0, gt=0)
+    #: Steps between TensorBoard points (loss, learning rate, images/s).
+    trainer_summary_every: int = Field(10, ge=1)
+    #: Validation images per replica per evaluation step.
+    trainer_eval_batch_per_replica: int = Field(2, ge=1)
+    #: Catalog name -> COCO checkpoint to start from when there is no base model.
+    trainer_coco_checkpoints: dict[str, str] = Field(default_factory=dict)
+    #: Keep the local copies (dataset, checkpoints) of a finished job.
+    trainer_keep_local: bool = False
+
+    @field_validator("trainer_coco_checkpoints")
+    @classmethod
+    def _check_coco(cls, value: dict[str, str]) -> dict[str, str]:
+        from preannotate.catalog import default_catalog
+
+        catalog = default_catalog()
+        for name, location in value.items():
+            if name not in catalog:
+                raise ValueError(
+                    f"model type {name!r} is not in the catalog; known: {', '.join(catalog.names())}"
+                )
+            if not location.strip():
+                raise ValueError(f"{name}: empty checkpoint location")
+        return value
+
+    @model_validator(mode="after")
+    def _check_pool(self):
+        if self.machine_type not in self.pools():
+            raise ValueError(
+                f"{ENV_PREFIX}MACHINE_TYPE {self.machine_type!r} is not one of "
+                f"{ENV_PREFIX}MACHINE_TYPES {sorted(self.pools())}"
+            )
+        return self
+
+    @property
+    def machine_gpus(self) -> int:
+        """GPUs of this worker's pool (0: a CPU pool, which trains on one device)."""
+        return self.pools()[self.machine_type]

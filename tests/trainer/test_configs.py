@@ -1,0 +1,162 @@
+"""Catalog entry + plan -> Model Garden experiment: every key the user sets shows up in it.
+
+No model is built here: these tests compare experiment configs (what the
+trainer trains and the converter rebuilds), so they run in seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from preannotate import catalog
+from preannotate.arguments import parse, resolve
+from preannotate.vision import experiment
+from services.trainer.configs import ExperimentInputs, build_experiment
+
+# A value other than the default for every key, per family of keys.
+NON_DEFAULT = {
+    "epochs": "77",
+    "batch_size": "8",
+    "initial_learning_rate": "0.0123",
+    "num_clones": "2",
+    "warmup_steps": "5",
+    "checkpoint_every": "11",
+    "eval": "false",
+    "schedule_step_1": "20",
+    "schedule_lr_1": "0.001",
+    "first_stage_max_proposals": "77",
+    "second_stage_batch_size": "33",
+    "num_sampled_masks": "9",
+    "stage1_epochs": "4",
+    "stage2_epochs": "5",
+    "stage3_epochs": "6",
+}
+# Keys that only make sense together with others: (in both runs, only with the key).
+COMPANIONS = {
+    "schedule_step_1": ("", "schedule_lr_1=0.001"),
+    "schedule_lr_1": ("", "schedule_step_1=20"),
+    "schedule_step_2": ("schedule_step_1=20;schedule_lr_1=0.001", "schedule_lr_2=0.0001"),
+    "schedule_lr_2": ("schedule_step_1=20;schedule_lr_1=0.001", "schedule_step_2=30"),
+}
+TRAIN_IMAGES = 40
+
+
+def _inputs(plan, entry) -> ExperimentInputs:
+    return ExperimentInputs(
+        num_classes=3,
+        train_pattern="/data/train-*.tfrecord",
+        val_pattern="/data/val-*.tfrecord",
+        annotation_file="/data/val.json" if plan.evaluate else None,
+        regenerate_source_id=False,
+        eval_batch_size=2 * plan.num_clones,
+        val_images=4,
+        checkpoint_every=plan.checkpoint_every or 500,
+    )
+
+
+@functools.cache
+def _yaml(entry, text: str) -> str:
+    plan = resolve(parse(text, entry, machine_gpus=4), entry, TRAIN_IMAGES)
+    return experiment.dump(build_experiment(entry, plan, _inputs(plan, entry)))
+
+
+def _value(entry, key: str) -> str:
+    if key == "input_size":
+        return str(entry.input_size + 2 * entry.size_multiple)
+    if key == "schedule_step_2":
+        return "30"
+    if key == "schedule_lr_2":
+        return "0.0001"
+    return NON_DEFAULT[key]
+
+
+def _cases():
+    for entry in catalog.default_catalog():
+        for key in entry.argument_keys():
+            yield pytest.param(entry, key, id=f"{entry.name}:{key}")
+
+
+@pytest.mark.parametrize(("entry", "key"), list(_cases()))
+def test_every_key_changes_the_experiment(entry, key):
+    base_text = "epochs=100" if not entry.staged else ""
+    if key == "epochs":
+        base_text = ""
+    both, with_key = COMPANIONS.get(key, ("", ""))
+    if key == "num_clones":
+        # With 2 clones the default batch of the R-CNNs doubles; keep the batch the same.
+        base_text = ";".join(filter(None, [base_text, "batch_size=8"]))
+    baseline = _yaml(entry, ";".join(filter(None, [base_text, both])))
+    given = f"{key}={_value(entry, key)}"
+    changed = _yaml(entry, ";".join(filter(None, [base_text, both, with_key, given])))
+    assert changed != baseline, f"{key} left {entry.name}'s experiment unchanged"
+
+
+def test_what_the_keys_set():
+    entry = catalog.get("frcnn-res50-lowp")
+    text = (
+        "epochs=77;batch_size=8;initial_learning_rate=0.0123;num_clones=2;warmup_steps=5;"
+        "input_size=256;checkpoint_every=11;first_stage_max_proposals=50;second_stage_batch_size=33"
+    )
+    plan = resolve(parse(text, entry, machine_gpus=4), entry, TRAIN_IMAGES)
+    params = build_experiment(entry, plan, _inputs(plan, entry))
+    task, trainer = params.task, params.trainer
+    assert task.train_data.global_batch_size == 8
+    assert trainer.train_steps == 77
+    assert trainer.optimizer_config.learning_rate.constant.learning_rate == pytest.approx(0.0123)
+    assert trainer.optimizer_config.warmup.linear.warmup_steps == 5
+    assert trainer.checkpoint_interval == 11
+    assert task.model.input_size == [256, 256, 3]
+    assert task.model.roi_generator.num_proposals == 50
+    assert task.model.roi_sampler.num_sampled_rois == 33
+    assert params.runtime.num_gpus == 2 and task.model.norm_activation.use_sync_bn
+    assert task.model.num_classes == 3 and task.init_checkpoint is None
+    assert task.model.backbone.resnet.model_id == 50
+
+
+def test_lowp_keeps_fewer_proposals_than_frcnn():
+    def proposals(name):
+        entry = catalog.get(name)
+        plan = resolve(parse("", entry, machine_gpus=0), entry, TRAIN_IMAGES)
+        return build_experiment(entry, plan, _inputs(plan, entry)).task.model.roi_generator
+
+    assert proposals("frcnn-res50-lowp").num_proposals == 100
+    assert proposals("frcnn-res50-coco").num_proposals == 1000
+
+
+def test_maskrcnn_learning_rate_drops_for_the_last_stage():
+    entry = catalog.get("maskrcnn")
+    plan = resolve(
+        parse(
+            "stage1_epochs=1;stage2_epochs=1;stage3_epochs=2;batch_size=2", entry, machine_gpus=2
+        ),
+        entry,
+        10,
+    )
+    params = build_experiment(entry, plan, _inputs(plan, entry))
+    stepwise = params.trainer.optimizer_config.learning_rate.stepwise
+    assert list(stepwise.boundaries) == [10]
+    assert stepwise.values[1] == pytest.approx(stepwise.values[0] / 10)
+    assert params.trainer.train_steps == 20
+    assert params.task.model.include_mask
+
+
+@pytest.mark.parametrize("name", catalog.default_catalog().names())
+def test_experiment_yaml_rebuilds_the_same_experiment(name):
+    entry = catalog.get(name)
+    plan = resolve(parse("", entry, machine_gpus=2), entry, TRAIN_IMAGES)
+    params = build_experiment(entry, plan, _inputs(plan, entry))
+    text = experiment.dump(params)
+    again = experiment.load(text)
+    assert experiment.dump(again) == text
+    assert type(again.task) is type(params.task)
+    backbone = again.task.model.backbone
+    expected = {
+        "mobilenet_v2": "mobilenet",
+        "resnet50": "resnet",
+        "resnet101": "resnet",
+        "inception_resnet_v2": "inception_resnet_v2",
+        "nasnet_large": "nasnet",
+    }[entry.backbone]
+    assert backbone.type == expected

@@ -1,0 +1,195 @@
+"""The handler's refusals (before any training), cancel, and starting from a base model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from preannotate.errors import Cancelled, Interrupted, InvalidArgument
+from preannotate.keys import models_root
+from preannotate.storage import read_manifest
+from preannotate.v1 import common_pb2
+from services.trainer import handlers
+from services.trainer.handlers import handle_dataset_exported
+from tests.trainer.datasets import write_dataset
+from tests.trainer.fakes import FakeContext
+
+TINY = "batch_size=2;input_size=128;warmup_steps=0;eval=false"
+
+
+def _handle(msg, storage, settings, **ctx_args):
+    ctx = FakeContext(storage, **ctx_args)
+    return ctx, asyncio.run(handle_dataset_exported(msg, ctx, settings=settings))
+
+
+def _refused(msg, storage, settings, match):
+    ctx = FakeContext(storage)
+    with pytest.raises(InvalidArgument, match=match):
+        asyncio.run(handle_dataset_exported(msg, ctx, settings=settings))
+    assert ctx.progress_steps() == []  # nothing trained
+    assert storage.list(models_root(msg.namespace or "default")) == []  # nothing written
+    return ctx
+
+
+@pytest.mark.parametrize(
+    ("model_type", "arguments", "match"),
+    [
+        ("yolo", "", "unknown model type 'yolo'; choose one of: ssd-mobilenet-v2-coco"),
+        ("ssd-mobilenet-v2-coco", "epochs=many", "epochs='many' is not a whole number"),
+        ("ssd-mobilenet-v2-coco", "colour=red", "unknown argument 'colour'"),
+        ("ssd-mobilenet-v2-coco", "num_clones=2", "num_clones=2 is more than this machine has"),
+        ("maskrcnn", "", "maskrcnn learns instance masks, and this dataset has none"),
+    ],
+)
+def test_refused_before_any_training(storage, make_settings, model_type, arguments, match):
+    data = write_dataset(storage, train_images=2, val_images=1)
+    _refused(data.event(model_type, arguments), storage, make_settings(), match)
+
+
+def test_nas_on_one_gpu_is_refused_before_any_training(storage, make_settings):
+    data = write_dataset(storage, train_images=2, val_images=1)
+    settings = make_settings(machine_type="gpu-1")
+    assert settings.machine_gpus == 1
+    _refused(
+        data.event("frcnn-nas-coco", ""),
+        storage,
+        settings,
+        "frcnn-nas-coco needs 2 or more GPUs and this is a machine type with 1 GPU",
+    )
+
+
+def test_base_model_of_another_namespace_is_refused(storage, make_settings):
+    data = write_dataset(storage, train_images=2, val_images=1)
+    base = common_pb2.ModelRef(namespace="other-team", name="birds", version=1)
+    _refused(
+        data.event("ssd-mobilenet-v2-coco", "", base_model=base),
+        storage,
+        make_settings(),
+        "base model other-team/birds is in namespace 'other-team'.*same namespace",
+    )
+
+
+def test_missing_base_model_is_refused_and_leaves_nothing(storage, make_settings):
+    data = write_dataset(storage, train_images=2, val_images=1)
+    base = common_pb2.ModelRef(name="nothing-here")
+    _refused(
+        data.event("ssd-mobilenet-v2-coco", TINY, base_model=base),
+        storage,
+        make_settings(),
+        "base model default/nothing-here: .*has no finished version",
+    )
+
+
+def test_unfinished_dataset_is_refused(storage, make_settings):
+    from preannotate.errors import FailedPrecondition
+
+    data = write_dataset(storage, train_images=2, val_images=1)
+    storage.delete_prefix(data.prefix)
+    storage.put(data.prefix + "train-00000-of-00001.tfrecord", b"")
+    ctx = FakeContext(storage)
+    with pytest.raises(FailedPrecondition, match=r"has no manifest\.json"):
+        asyncio.run(
+            handle_dataset_exported(
+                data.event("ssd-mobilenet-v2-coco", TINY), ctx, settings=make_settings()
+            )
+        )
+    assert storage.list(models_root("default")) == []
+
+
+def test_validate_gives_the_job(make_settings):
+    from preannotate.catalog import default_catalog
+    from tests.trainer.datasets import TinyDataset
+
+    data = TinyDataset("team", "j-1", "team/datasets/j-1/", ("a", "b"), 10, 2, False)
+    spec = handlers.validate(
+        data.event("frcnn-res50-coco", "epochs=5"),
+        make_settings(machine_type="gpu-4"),
+        default_catalog(),
+    )
+    assert spec.arguments.num_clones == 4 and spec.model_name == "frcnn-res50-coco-task7"
+    assert spec.classes == ("a", "b") and spec.dataset_prefix == "team/datasets/j-1/"
+    bad = data.event("frcnn-res50-coco", "")
+    bad.dataset_prefix = "other/datasets/j-1/"
+    with pytest.raises(InvalidArgument, match="not under team/datasets/"):
+        handlers.validate(bad, make_settings(), default_catalog())
+
+
+def test_base_model_with_other_classes_keeps_backbone_and_says_so(ssd_run):
+    storage, settings, parent = ssd_run["storage"], ssd_run["settings"], ssd_run["name"]
+    other = write_dataset(
+        storage,
+        job_id="job-b",
+        classes=("rect", "ellipse", "triangle"),
+        train_images=2,
+        val_images=1,
+        seed=3,
+    )
+    msg = other.event(
+        "ssd-mobilenet-v2-coco",
+        "epochs=2;" + TINY,
+        model_name="child",
+        base_model=common_pb2.ModelRef(name=parent),
+    )
+    ctx, outcome = _handle(msg, storage, settings)
+    details = ctx.details()
+    assert details["init"] == "base-backbone"
+    assert details["init_from"] == f"default/{parent}/1"
+    assert "class heads start fresh" in details["init_note"]
+    assert ctx.progress_steps() == [1, 2]
+    child = outcome.emits[0].message
+    assert list(child.classes) == ["rect", "ellipse", "triangle"]
+    manifest = read_manifest(storage, child.model_prefix)
+    assert manifest["init"]["init"] == "base-backbone"
+    assert manifest["base_model"] == f"default/{parent}"
+    assert manifest["metrics"] == {} and dict(child.metrics) == {}  # eval=false honoured
+
+
+def test_shutdown_leaves_a_checkpoint_then_cancel_removes_the_version(ssd_run):
+    """A job from a base model of the same classes (restored whole): a shutdown after step 2
+    checkpoints and leaves it; delivered again, it resumes from step 2 and is cancelled
+    before its next step, which deletes everything of its version."""
+    storage, settings = ssd_run["storage"], ssd_run["settings"]
+    msg = ssd_run["msg"].__deepcopy__()
+    msg.job_id = "job-c"
+    msg.training.model_name = "sibling"
+    msg.training.arguments = "epochs=50;" + TINY
+    msg.training.base_model.CopyFrom(common_pb2.ModelRef(name=ssd_run["name"], version=1))
+
+    first = FakeContext(storage, stop_after_steps=2)
+    with pytest.raises(Interrupted, match="stopped at step 2 of 50"):
+        asyncio.run(handle_dataset_exported(msg, first, settings=settings))
+    assert first.details()["init"] == "base"
+    assert first.progress_steps() == [1, 2]
+    kept = storage.list(models_root("default", "sibling"))
+    assert "default/models/sibling/1/checkpoints/ckpt-2/ckpt-2.index" in kept
+    assert not any(k.endswith("manifest.json") for k in kept)
+
+    second = FakeContext(storage, cancel_after_steps=0)
+    with pytest.raises(Cancelled, match="cancelled at step 2 of 50"):
+        asyncio.run(handle_dataset_exported(msg, second, settings=settings))
+    details = second.details()
+    assert details["resumed_from_step"] == "2" and details["init"] == "base"
+    assert second.progress_steps() == []
+    assert storage.list(models_root("default", "sibling")) == []  # nothing half-written
+
+
+def test_base_model_of_another_architecture_is_refused(storage, make_settings):
+    settings = make_settings()
+    data = write_dataset(storage, train_images=2, val_images=1)
+    storage.put(
+        "default/models/ssd/1/manifest.json",
+        b'{"model_type": "ssd-mobilenet-v2-coco", "classes": ["rect", "ellipse"],'
+        b' "checkpoint": "default/models/ssd/1/checkpoints/ckpt-1/ckpt-1"}',
+    )
+    msg = data.event(
+        "frcnn-res50-coco",
+        "epochs=1",
+        model_name="rcnn",
+        base_model=common_pb2.ModelRef(name="ssd"),
+    )
+    ctx = FakeContext(storage)
+    with pytest.raises(InvalidArgument, match="same architecture and backbone"):
+        asyncio.run(handle_dataset_exported(msg, ctx, settings=settings))
+    assert ctx.progress_steps() == []
+    assert storage.list(models_root("default", "rcnn")) == []

@@ -1,0 +1,123 @@
+"""The trainer's storage side, without TensorFlow: checkpoints, versions, dataset, progress."""
+
+from __future__ import annotations
+
+import pytest
+
+from preannotate.errors import FailedPrecondition, NotFound
+from preannotate.keys import model_prefix
+from services.trainer import checkpoints, dataset, metrics, versions
+from services.trainer.classes import classes_csv, read_classes_csv
+from services.trainer.progress import ProgressClock, TrainProgress
+from tests.trainer.datasets import write_dataset
+
+PREFIX = model_prefix("default", "m", 1)
+
+
+def _ckpt(folder, step, shards=1):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(shards):
+        (folder / f"ckpt-{step}.data-{i:05d}-of-{shards:05d}").write_bytes(b"data%d" % step)
+    (folder / f"ckpt-{step}.index").write_bytes(b"index%d" % step)
+
+
+def test_upload_mirrors_the_local_checkpoints(storage, tmp_path):
+    local = tmp_path / "ckpts"
+    uploaded: set[int] = set()
+    _ckpt(local, 3)
+    _ckpt(local, 6, shards=2)
+    assert checkpoints.upload(storage, local, PREFIX, uploaded) == [3, 6]
+    assert storage.exists(PREFIX + "checkpoints/ckpt-6/ckpt-6.data-00001-of-00002")
+    for name in [f"ckpt-3.{s}" for s in ("index", "data-00000-of-00001")]:
+        (local / name).unlink()  # the manager dropped an old one
+    _ckpt(local, 9)
+    assert checkpoints.upload(storage, local, PREFIX, uploaded) == [6, 9]
+    assert checkpoints.stored_steps(storage, PREFIX) == [6, 9]
+    assert checkpoints.latest(storage, PREFIX).key == PREFIX + "checkpoints/ckpt-9/ckpt-9"
+
+
+def test_latest_skips_a_checkpoint_whose_upload_broke(storage, tmp_path):
+    _ckpt(tmp_path / "a", 5, shards=2)
+    checkpoints.upload(storage, tmp_path / "a", PREFIX, set())
+    storage.put(PREFIX + "checkpoints/ckpt-8/ckpt-8.data-00000-of-00002", b"half")  # no index
+    storage.put(PREFIX + "checkpoints/ckpt-7/ckpt-7.index", b"i")  # index, data missing
+    ref = checkpoints.latest(storage, PREFIX)
+    assert ref.step == 5 and len(ref.files) == 3
+    local = tmp_path / "resume"
+    assert checkpoints.download_latest(storage, PREFIX, local).step == 5
+    assert (local / "checkpoint").read_text().startswith('model_checkpoint_path: "ckpt-5"')
+    assert (local / "ckpt-5.data-00001-of-00002").read_bytes() == b"data5"
+
+
+def test_no_checkpoint_to_resume(storage, tmp_path):
+    assert checkpoints.download_latest(storage, PREFIX, tmp_path) is None
+
+
+def test_versions_claims(storage):
+    assert versions.claim(storage, "default", "m", "job-a", {}) == 1
+    assert versions.claim(storage, "default", "m", "job-b", {}) == 2
+    assert versions.claim(storage, "default", "m", "job-a", {}) == 1
+    assert versions.find_claim(storage, "default", "m", "job-b") == 2
+    assert versions.find_claim(storage, "default", "m", "job-c") is None
+    with pytest.raises(NotFound, match="no finished version"):
+        versions.resolve_ready(storage, "default", "m", 0)
+    storage.put(model_prefix("default", "m", 2) + "manifest.json", b'{"classes": []}')
+    assert versions.resolve_ready(storage, "default", "m", 0) == (2, {"classes": []})
+    with pytest.raises(NotFound, match="m/1 does not exist or is not finished"):
+        versions.resolve_ready(storage, "default", "m", 1)
+
+
+def test_a_version_claimed_twice_goes_to_one_job(storage):
+    """Two jobs that wrote a claim on the same version: the one that sees another moves on."""
+    other = versions.claim_prefix("default", "m", 1, "job-x") + versions.CLAIM_FILE
+    storage.put(other, b"{}")  # job-x claimed 1 and has not listed yet
+    waits = []
+    assert versions.claim(storage, "default", "m", "job-y", {}, sleep=waits.append) == 2
+    assert versions.find_claim(storage, "default", "m", "job-y") == 2
+    assert not storage.exists(versions.claim_prefix("default", "m", 1, "job-y") + "claim.json")
+
+
+def test_dataset_fetch_downloads_once(storage, tmp_path):
+    data = write_dataset(storage, train_images=2, val_images=1)
+    local = dataset.fetch(storage, data.prefix, tmp_path / "d")
+    assert [p.name for p in local.train_files] == ["train-00000-of-00001.tfrecord"]
+    assert local.val_pattern.endswith("val-*.tfrecord")
+    stamp = local.train_files[0].stat().st_mtime_ns
+    again = dataset.fetch(storage, data.prefix, tmp_path / "d")
+    assert again.train_files[0].stat().st_mtime_ns == stamp  # kept: same size as the manifest
+    storage.delete_prefix(data.prefix)
+    with pytest.raises(FailedPrecondition, match=r"no manifest\.json"):
+        dataset.fetch(storage, data.prefix, tmp_path / "e")
+
+
+def test_classes_csv_round_trip():
+    text = classes_csv(["cat", "dog, big", 'say "hi"'])
+    assert text.splitlines()[:2] == ["id,name", "1,cat"]
+    assert read_classes_csv(text) == ["cat", "dog, big", 'say "hi"']
+
+
+def test_progress_clock():
+    now = [100.0]
+    clock = ProgressClock(5.0, batch_size=4, clock=lambda: now[0])
+    clock.start(0)
+    assert clock.due(1, 10, first=True)
+    now[0] = 102.0
+    assert not clock.due(2, 10)
+    assert clock.due(10, 10)  # the last step always reports
+    now[0] = 105.0
+    assert clock.due(3, 10)
+    images, eta = clock.measure(5, 10)  # 5 steps of 4 images in 5 s
+    assert images == pytest.approx(4.0) and eta == pytest.approx(5.0)
+
+
+def test_gauges_follow_a_job_and_go_when_it_ends():
+    from prometheus_client import REGISTRY
+
+    progress = TrainProgress(5, 10, 0.5, 0.01, 12.0, 30.0)
+    metrics.observe("job-g", "maskrcnn", progress)
+    labels = {"job_id": "job-g", "model_type": "maskrcnn"}
+    assert REGISTRY.get_sample_value("preannotate_trainer_step", labels) == 5
+    assert REGISTRY.get_sample_value("preannotate_trainer_progress_ratio", labels) == 0.5
+    assert REGISTRY.get_sample_value("preannotate_trainer_eta_seconds", labels) == 30
+    metrics.forget("job-g", "maskrcnn")
+    assert REGISTRY.get_sample_value("preannotate_trainer_step", labels) is None

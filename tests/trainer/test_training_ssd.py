@@ -1,0 +1,139 @@
+"""ssd-mobilenet-v2-coco through the handler, on the CPU, from a tiny dataset in storage.
+
+The tests below read what one job (the session fixture ``ssd_run`` of
+conftest.py) left in storage and returned. Resuming after a shutdown is in
+test_handler.py, after a killed process in test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from preannotate import topics
+from preannotate.keys import model_prefix
+from preannotate.storage import read_manifest
+from preannotate.v1 import events_pb2
+from services.trainer.classes import read_classes_csv
+from services.trainer.handlers import handle_dataset_exported
+from services.trainer.settings import TrainerSettings
+from tests.trainer.fakes import FakeContext
+
+
+def test_progress_every_step_and_both_checkpoints(ssd_run):
+    assert ssd_run["ctx"].progress_steps() == [1, 2, 3, 4, 5, 6]
+    keys = ssd_run["storage"].list(ssd_run["prefix"] + "checkpoints/")
+    assert sorted({k.split("/")[-2] for k in keys}) == ["ckpt-3", "ckpt-6"]
+
+
+def test_model_trained_event(ssd_run):
+    outcome = ssd_run["outcome"]
+    assert len(outcome.emits) == 1 and outcome.emits[0].topic == topics.MODEL_TRAINED
+    event: events_pb2.ModelTrained = outcome.emits[0].message
+    assert event.job_id == ssd_run["msg"].job_id
+    assert (event.model.namespace, event.model.name, event.model.version) == (
+        "default",
+        ssd_run["name"],
+        1,
+    )
+    assert event.model_prefix == ssd_run["prefix"]
+    assert event.checkpoint == ssd_run["prefix"] + "checkpoints/ckpt-6/ckpt-6"
+    assert list(event.classes) == ["rect", "ellipse"]
+    assert event.steps == 6 and event.input_size == 128
+    assert {"mAP", "mAP@0.5"} <= set(event.metrics)
+    assert event.dataset_prefix == ssd_run["msg"].dataset_prefix
+    assert event.cvat.task_id == 7
+
+
+def test_what_lands_under_the_model_prefix(ssd_run):
+    storage, prefix = ssd_run["storage"], ssd_run["prefix"]
+    keys = {k[len(prefix) :] for k in storage.list(prefix)}
+    assert {
+        "checkpoints/ckpt-6/ckpt-6.index",
+        "classes.csv",
+        "experiment.yaml",
+        "metrics.json",
+        "manifest.json",
+    } <= keys
+    assert any(k.startswith("tensorboard/train/events.out.tfevents") for k in keys)
+    assert any(k.startswith("tensorboard/eval/events.out.tfevents") for k in keys)
+    # Both checkpoints fit in trainer_keep_checkpoints=2.
+    assert "checkpoints/ckpt-3/ckpt-3.index" in keys
+    assert read_classes_csv(storage.get(prefix + "classes.csv").decode()) == ["rect", "ellipse"]
+    metrics = json.loads(storage.get(prefix + "metrics.json"))
+    assert {"mAP", "mAP@0.5"} <= set(metrics["metrics"]) and "AP" in metrics["coco"]
+    manifest = read_manifest(storage, prefix)
+    assert manifest["kind"] == "model" and manifest["model_type"] == "ssd-mobilenet-v2-coco"
+    assert manifest["checkpoint"] == prefix + "checkpoints/ckpt-6/ckpt-6"
+    assert manifest["init"]["init"] == "random"
+    assert manifest["plan"]["epochs"] == "6 (user)"
+    assert {
+        "classes.csv",
+        "experiment.yaml",
+        "metrics.json",
+        "checkpoints/ckpt-6/ckpt-6.index",
+    } <= set(manifest["files"])
+
+
+def test_status_says_what_was_used(ssd_run):
+    details = ssd_run["ctx"].details()
+    assert details["epochs"] == "6 (user)" and details["init"] == "random"
+    assert details["batch_size"] == "2" and details["model"] == f"default/{ssd_run['name']}/1"
+    progress = [r["progress"] for r in ssd_run["ctx"].reports if r.get("progress")]
+    last = progress[-1]
+    assert last.total == 6 and last.loss > 0 and last.learning_rate > 0
+    assert all(p.images_per_second >= 0 and p.eta_seconds >= 0 for p in progress)
+    assert ssd_run["ctx"].reports[-1]["model"].version == 1
+
+
+def test_the_checkpoint_restores_into_the_model_experiment_yaml_describes(ssd_run):
+    """What the converter does: rebuild from experiment.yaml, restore the checkpoint."""
+    import tensorflow as tf
+    from official.core import task_factory
+
+    from preannotate.vision import experiment
+
+    storage, prefix, tmp = (
+        ssd_run["storage"],
+        ssd_run["prefix"],
+        ssd_run["settings"].trainer_work_dir,
+    )
+    params = experiment.load(storage.get(prefix + "experiment.yaml").decode())
+    folder = tmp / "restore"
+    for key in storage.list(prefix + "checkpoints/ckpt-6/"):
+        storage.download_file(key, folder / key.rsplit("/", 1)[1])
+    model = task_factory.get_task(params.task).build_model()
+    model(tf.zeros([1, 128, 128, 3]), training=True)
+    status = tf.train.Checkpoint(model=model).read(str(folder / "ckpt-6"))
+    status.expect_partial().assert_existing_objects_matched()
+
+
+def test_a_redelivered_finished_job_only_re_emits(ssd_run):
+    ctx = FakeContext(ssd_run["storage"])
+    outcome = asyncio.run(
+        handle_dataset_exported(ssd_run["msg"], ctx, settings=ssd_run["settings"])
+    )
+    assert outcome.emits[0].message == ssd_run["outcome"].emits[0].message
+    assert ctx.reports == []
+    assert ctx.log.lines and "already trained" in ctx.log.lines[0][1]
+
+
+def test_the_next_job_gets_the_next_version(ssd_run):
+    """A second job for the same model name claims version 2 (no training needed to see it)."""
+    from services.trainer import versions
+
+    storage, name = ssd_run["storage"], ssd_run["name"]
+    assert versions.claim(storage, "default", name, "job-2", {}) == 2
+    assert versions.claim(storage, "default", name, "job-2", {}) == 2
+    assert versions.claim(storage, "default", name, ssd_run["msg"].job_id, {}) == 1
+    assert versions.ready_versions(storage, "default", name) == [1]
+    storage.delete_prefix(model_prefix("default", name, 2))
+
+
+def test_settings_are_frozen(ssd_run):
+    with pytest.raises(ValidationError, match="frozen"):
+        ssd_run["settings"].machine_type = "gpu-4"
+    assert isinstance(ssd_run["settings"], TrainerSettings)

@@ -168,23 +168,17 @@ class StatusView:
                 await self.apply(status)
 
     async def apply(self, status: JobStatus) -> None:
-        merged = merge(self.jobs.get(status.job_id), status)
+        old = self.jobs.get(status.job_id)
+        merged = merge(old, status)
         if merged is None:
             return
         self.jobs[status.job_id] = merged
         if self.export_metrics:
-            self._count()
+            if old is not None:
+                metrics.JOBS.labels(stage_name(old.stage), state_name(old.state)).dec()
+            metrics.JOBS.labels(stage_name(merged.stage), state_name(merged.state)).inc()
         async with self._changed:
             self._changed.notify_all()
-
-    def _count(self) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for s in self.jobs.values():
-            key = (stage_name(s.stage), state_name(s.state))
-            counts[key] = counts.get(key, 0) + 1
-        metrics.JOBS.clear()
-        for (stage, state), n in counts.items():
-            metrics.JOBS.labels(stage=stage, state=state).set(n)
 
     def get(self, job_id: str) -> JobStatus | None:
         return self.jobs.get(job_id)

@@ -1,0 +1,295 @@
+"""The inference service's core: what the Kafka handlers, the gRPC servicer and the
+Nuclio routes all call. It imports neither grpc nor aiohttp's server side.
+
+``InferenceApp`` is built from the settings before anything runs and started
+by the runner's ``startup`` hook (which brings the storage and the bus): it
+fills the model registry from the serving manifests in storage, starts the
+backend and, for TF Serving, sends it the whole known model list once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from preannotate import events, keys, topics
+from preannotate.errors import InvalidArgument, PreannotateError, Unavailable
+from preannotate.service import Resources
+from preannotate.telemetry.logging import get_logger
+from preannotate.v1 import common_pb2, events_pb2
+from services.inference import images
+from services.inference.annotate import AnnotateOptions, Annotator, Progress
+from services.inference.backends import Backend, make_backend
+from services.inference.cvat import CvatClient, CvatConfig, check_same_server
+from services.inference.postprocess import Detected
+from services.inference.predictor import Predictor
+from services.inference.registry import ModelEntry, ModelRegistry, entry_from_event
+from services.inference.settings import InferenceSettings
+
+SERVICE = "inference"
+ProgressCallback = Callable[[Progress], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class AnnotationJob:
+    """One pre-annotation run, as either transport asks for it."""
+
+    job_id: str
+    namespace: str
+    cvat: common_pb2.CvatRef
+    model: common_pb2.ModelRef
+    threshold: float = 0.0
+    mode: int = events_pb2.ANNOTATE_MODE_APPEND
+
+
+class InferenceApp:
+    """Registry, backend, predictor and annotator of one inference process."""
+
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        self.log = get_logger(service=SERVICE)
+        self.resources: Resources | None = None
+        self.registry: ModelRegistry | None = None
+        self.backend: Backend | None = None
+        self.predictor: Predictor | None = None
+        self.annotator: Annotator | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self, resources: Resources) -> None:
+        self.resources = resources
+        registry = ModelRegistry(resources.storage, log=self.log)
+        found = await registry.refresh()
+        backend = make_backend(self.settings, resources.storage, registry.entries)
+        await backend.start()
+        s = self.settings
+        self.predictor = Predictor(
+            registry,
+            backend,
+            batch_size=s.inference_batch_size,
+            batch_wait=s.inference_batch_wait_ms / 1000.0,
+            concurrency=s.inference_concurrency,
+            default_namespace=s.namespace,
+        )
+        self.annotator = Annotator(
+            self.predictor,
+            batch_size=s.inference_batch_size,
+            fetch_concurrency=s.inference_fetch_concurrency,
+            frame_quality=s.cvat_frame_quality,
+        )
+        self.registry, self.backend = registry, backend
+        self.log.info("models found in storage", count=found, backend=backend.name)
+        try:
+            await backend.sync()
+        except PreannotateError as exc:  # not fatal: each model is made servable on use
+            self.log.warning("backend not in sync at start", backend=backend.name, error=str(exc))
+
+    async def stop(self) -> None:
+        if self.predictor is not None:
+            await self.predictor.close()
+        if self.backend is not None:
+            await self.backend.close()
+
+    def _ready(self) -> tuple[ModelRegistry, Backend, Predictor, Annotator]:
+        if self.registry is None or self.backend is None or self.predictor is None:
+            raise Unavailable("the inference service is starting; try again in a moment")
+        assert self.annotator is not None
+        return self.registry, self.backend, self.predictor, self.annotator
+
+    # -- models --------------------------------------------------------------------
+
+    async def register(self, message: events_pb2.ModelConverted) -> tuple[ModelEntry, bool]:
+        """Register a converted model and make it servable; (entry, whether new)."""
+        registry, backend, _, _ = self._ready()
+        entry = entry_from_event(message)
+        known = registry.get(*entry.key) is not None
+        # Models other replicas registered are in storage: TF Serving's config
+        # (replaced whole on reload) must keep them too.
+        await registry.refresh()
+        if not registry.add(entry):
+            entry = registry.get(*entry.key) or entry
+        await backend.prepare(entry)
+        return entry, not known
+
+    def models(self, namespace: str = "") -> list[ModelEntry]:
+        registry, _, _, _ = self._ready()
+        if namespace:
+            keys.check_name(namespace, "namespace")
+        return registry.entries(namespace or None)
+
+    def latest(self) -> list[ModelEntry]:
+        """The newest version of every model."""
+        registry, _, _, _ = self._ready()
+        return registry.latest()
+
+    async def resolve(self, ref: common_pb2.ModelRef) -> ModelEntry:
+        _, _, predictor, _ = self._ready()
+        return await predictor.resolve(ref.namespace, ref.name, int(ref.version))
+
+    def threshold(self, value: float) -> float:
+        """A request's threshold: 0 (unset) means the configured default."""
+        if not 0 <= value <= 1:
+            raise InvalidArgument(f"threshold {value} is not in 0..1")
+        return value or self.settings.inference_default_threshold
+
+    # -- single images -------------------------------------------------------------
+
+    async def predict(
+        self, ref: common_pb2.ModelRef, data: bytes, threshold: float, what: str = "image"
+    ) -> tuple[ModelEntry, int, int, list[Detected]]:
+        """(model, width, height, detections) for one encoded image."""
+        _, _, predictor, _ = self._ready()
+        threshold = self.threshold(threshold)
+        model = await self.resolve(ref)
+        image = images.decode(data, what)
+        found = await predictor.detect_one(model, image, threshold)
+        return model, image.width, image.height, found
+
+    # -- annotation runs -----------------------------------------------------------
+
+    def cvat_client(self, cvat: common_pb2.CvatRef) -> CvatClient:
+        s = self.settings
+        check_same_server(cvat.url, s.cvat_url)
+        return CvatClient(
+            CvatConfig(
+                url=s.cvat_url,
+                token=s.cvat_token.get_secret_value(),
+                auth_scheme=s.cvat_auth_scheme,
+                organization=cvat.organization or s.cvat_organization,
+                verify_tls=s.cvat_verify_tls,
+                request_timeout=s.cvat_request_timeout_seconds,
+                retry_attempts=s.cvat_retry_attempts,
+                backoff=s.cvat_retry_backoff_seconds,
+                backoff_max=s.cvat_retry_backoff_max_seconds,
+            )
+        )
+
+    async def annotate(
+        self,
+        job: AnnotationJob,
+        on_progress: ProgressCallback | None = None,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> events_pb2.TaskPreannotated:
+        """Pre-annotate a CVAT task (or job); the counts as a ``TaskPreannotated``."""
+        _, _, _, annotator = self._ready()
+        if job.cvat.task_id <= 0:
+            raise InvalidArgument("no CVAT task named: set cvat.task_id")
+        ref = common_pb2.ModelRef()
+        ref.CopyFrom(job.model)
+        ref.namespace = ref.namespace or job.namespace
+        model = await self.resolve(ref)
+        options = AnnotateOptions(
+            task_id=int(job.cvat.task_id),
+            job_id=int(job.cvat.job_id),
+            threshold=self.threshold(job.threshold),
+            replace=job.mode == events_pb2.ANNOTATE_MODE_REPLACE,
+            mask_shape=self.settings.inference_mask_shape,
+        )
+        async with self.cvat_client(job.cvat) as cvat:
+            result = await annotator.run(cvat, model, options, on_progress, checkpoint)
+        self.log.info(
+            "task pre-annotated",
+            job_id=job.job_id,
+            task=options.task_id,
+            model=model.label,
+            frames=result.frames_done,
+            shapes=result.shapes_written,
+            skipped=len(result.skipped),
+            seconds=round(result.seconds, 2),
+        )
+        return events_pb2.TaskPreannotated(
+            job_id=job.job_id,
+            namespace=job.namespace,
+            cvat=job.cvat,
+            model=common_pb2.ModelRef(
+                namespace=model.namespace, name=model.name, version=model.version
+            ),
+            frames_total=result.frames_total,
+            frames_done=result.frames_done,
+            shapes_written=result.shapes_written,
+            skipped=[events_pb2.SkippedFrame(frame=f, reason=r) for f, r in result.skipped],
+            unmatched_classes=list(result.unmatched_classes),
+        )
+
+    async def annotate_now(
+        self, job: AnnotationJob, on_progress: ProgressCallback | None = None
+    ) -> events_pb2.TaskPreannotated:
+        """A run asked for directly (gRPC): job status written as it goes, and
+        ``task.preannotated`` published at the end, as the event path does."""
+        writer = self.resources.status_writer if self.resources is not None else None
+        request = events_pb2.AnnotationRequested(
+            job_id=job.job_id, namespace=job.namespace, cvat=job.cvat, model=job.model
+        )
+        last = 0.0
+
+        async def status(state: int, text: str, progress: Progress | None = None) -> None:
+            if writer is None:
+                return
+            from preannotate.status import snapshot
+
+            counts = None
+            if progress is not None:
+                counts = events_pb2.Progress(step=progress.frames_done, total=progress.frames_total)
+            await writer.write(
+                snapshot(
+                    request,
+                    stage=events_pb2.JOB_STAGE_ANNOTATE,
+                    state=state,
+                    text=text,
+                    progress=counts,
+                )
+            )
+
+        async def relay(progress: Progress) -> None:
+            nonlocal last
+            if on_progress is not None:
+                await on_progress(progress)
+            if time.monotonic() - last >= 1.0 and not progress.done:
+                last = time.monotonic()
+                await status(events_pb2.JOB_STATE_RUNNING, describe(progress), progress)
+
+        await status(events_pb2.JOB_STATE_RUNNING, "pre-annotating")
+        try:
+            done = await self.annotate(job, relay)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await status(events_pb2.JOB_STATE_CANCELLED, "the client went away; run stopped")
+            raise
+        except PreannotateError as exc:
+            await status(events_pb2.JOB_STATE_FAILED, str(exc))
+            raise
+        except Exception:
+            await status(events_pb2.JOB_STATE_FAILED, "internal error in inference; see its logs")
+            raise
+        await status(events_pb2.JOB_STATE_SUCCEEDED, describe_done(done))
+        if self.resources is not None:
+            await events.publish(self.resources.bus, topics.TASK_PREANNOTATED, done, source=SERVICE)
+        return done
+
+
+def new_job_id() -> str:
+    return f"annotate-{uuid.uuid4().hex[:16]}"
+
+
+def check_job_id(job_id: str) -> str:
+    return keys.check_name(job_id, "job id") if job_id else new_job_id()
+
+
+def describe(progress: Progress) -> str:
+    return (
+        f"{progress.frames_done} of {progress.frames_total} frames, "
+        f"{progress.shapes_written} shapes, {progress.frames_skipped} skipped"
+    )
+
+
+def describe_done(done: events_pb2.TaskPreannotated) -> str:
+    text = f"wrote {done.shapes_written} shapes on {done.frames_done} of {done.frames_total} frames"
+    if done.skipped:
+        text += f"; {len(done.skipped)} frames skipped"
+    if done.unmatched_classes:
+        text += f"; classes without a task label: {', '.join(done.unmatched_classes)}"
+    return text

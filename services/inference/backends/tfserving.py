@@ -1,0 +1,360 @@
+"""TF Serving over gRPC: ModelService to add models, PredictionService to run them.
+
+``HandleReloadConfigRequest`` replaces TF Serving's whole model list, so every
+reload names every model this service knows (``catalog()``), each with the
+versions known (``specific`` version policy), never only the new one. Reloads
+are serialised; after one, ``GetModelStatus`` is polled until the version is
+AVAILABLE (or failed, or the timeout passes). A Predict that finds the model
+unknown (TF Serving restarted and lost the config) reloads once and retries.
+
+Only the ``*_pb2_grpc`` stubs and message modules of tensorflow-serving-api
+are imported: ``prediction_service_pb2`` and ``model_service_pb2`` fail under
+protobuf 7.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from preannotate.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.inference.backends.base import (
+    ImageInput,
+    RawOutput,
+    encoded_bytes,
+    size_groups,
+    split_outputs,
+)
+from services.inference.registry import ModelEntry
+
+#: tensorflow.serving.ModelVersionStatus.State
+AVAILABLE = 30
+END = 50
+_MAX_MESSAGE = 256 * 1024 * 1024
+
+
+def served_name(namespace: str, name: str) -> str:
+    """TF Serving's model name for namespace/name ('.' never appears in either)."""
+    return f"{namespace}.{name}"
+
+
+@dataclass(frozen=True)
+class _Signature:
+    name: str
+    input_name: str
+    takes_bytes: bool
+
+
+class TfServingBackend:
+    """Serves models through a TF Serving server."""
+
+    name = "tfserving"
+
+    def __init__(
+        self,
+        address: str,
+        base_uri: Callable[[str], str],
+        catalog: Callable[[], Sequence[ModelEntry]],
+        load_timeout: float = 300.0,
+        rpc_timeout: float = 60.0,
+        input_mode: str = "encoded",
+        concurrency: int = 1,
+        poll_interval: float = 0.2,
+    ) -> None:
+        if input_mode not in ("encoded", "tensor"):
+            raise InvalidArgument(f"input_mode must be 'encoded' or 'tensor', not {input_mode!r}")
+        self.address = address
+        self.base_uri = base_uri
+        self.catalog = catalog
+        self.load_timeout = load_timeout
+        self.rpc_timeout = rpc_timeout
+        self.input_mode = input_mode
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self._channel: grpc.aio.Channel | None = None
+        self._predict: Any = None
+        self._models: Any = None
+        self._reload_lock: asyncio.Lock | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._signatures: dict[tuple[str, int], _Signature] = {}
+        #: Versions seen AVAILABLE (so a predict does not ask every time).
+        self._available: set[tuple[str, str, int]] = set()
+        self.reloads = 0
+        self.last_config: Any = None
+
+    async def start(self) -> None:
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        if self._channel is not None:
+            return
+        self._channel = grpc.aio.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ],
+        )
+        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._reload_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(self.concurrency)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "address": self.address, "reloads": self.reloads}
+
+    async def sync(self) -> None:
+        if self.catalog():
+            await self.reload()
+
+    # -- ModelService ------------------------------------------------------------
+
+    def model_config(self, extra: ModelEntry | None = None) -> Any:
+        """The ModelServerConfig naming every known model (and ``extra``)."""
+        from tensorflow_serving.config import model_server_config_pb2
+
+        versions: dict[tuple[str, str], set[int]] = {}
+        base: dict[tuple[str, str], str] = {}
+        for entry in [*self.catalog(), *([extra] if extra else [])]:
+            key = (entry.namespace, entry.name)
+            versions.setdefault(key, set()).add(entry.version)
+            base[key] = entry.base_path
+        config = model_server_config_pb2.ModelServerConfig()
+        for key in sorted(versions):
+            item = config.model_config_list.config.add()
+            item.name = served_name(*key)
+            item.base_path = self.base_uri(base[key])
+            item.model_platform = "tensorflow"
+            item.model_version_policy.specific.versions.extend(sorted(versions[key]))
+        return config
+
+    async def prepare(self, model: ModelEntry) -> None:
+        await self.start()
+        await self.reload(model)
+        await self.wait_available(model)
+
+    async def ensure(self, model: ModelEntry) -> None:
+        """Make sure ``model`` is AVAILABLE before it is used: wait if TF Serving is
+        loading it; add it to the config first if TF Serving does not know it."""
+        if model.key in self._available:
+            return
+        if await self.state(model) is None:
+            await self.reload(model)
+        await self.wait_available(model)
+
+    async def state(self, model: ModelEntry) -> int | None:
+        """The version's state in TF Serving; None when TF Serving does not know it."""
+        try:
+            response = await self._models.GetModelStatus(
+                self._status_request(model), timeout=self.rpc_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self._error(exc, f"get the status of {model.label}") from exc
+        states = {s.version: s.state for s in response.model_version_status}
+        return states.get(model.version)
+
+    def _status_request(self, model: ModelEntry) -> Any:
+        from google.protobuf import wrappers_pb2
+        from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+
+        return get_model_status_pb2.GetModelStatusRequest(
+            model_spec=model_pb2.ModelSpec(
+                name=served_name(model.namespace, model.name),
+                version=wrappers_pb2.Int64Value(value=model.version),
+            )
+        )
+
+    async def reload(self, extra: ModelEntry | None = None) -> None:
+        """Send TF Serving the whole model list (every known model, plus ``extra``)."""
+        from tensorflow_serving.apis import model_management_pb2
+
+        await self.start()
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            config = self.model_config(extra)
+            request = model_management_pb2.ReloadConfigRequest(config=config)
+            response = await self._call(
+                self._models.HandleReloadConfigRequest, request, "reload the model config"
+            )
+            if response.status.error_code != 0:
+                raise FailedPrecondition(
+                    f"TF Serving at {self.address} refused the model config: "
+                    f"{response.status.error_message or response.status.error_code}"
+                )
+            self.reloads += 1
+            self.last_config = config
+
+    async def wait_available(self, model: ModelEntry) -> None:
+        """Poll GetModelStatus until ``model`` is AVAILABLE; errors name why not."""
+        await self.start()
+        request = self._status_request(model)
+        deadline = time.monotonic() + self.load_timeout
+        last = "no status yet"
+        while True:
+            try:
+                response = await self._models.GetModelStatus(request, timeout=self.rpc_timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise self._error(exc, f"get the status of {model.label}") from exc
+                last = exc.details() or "not found"
+            else:
+                states = {s.version: s for s in response.model_version_status}
+                status = states.get(model.version)
+                if status is not None:
+                    if status.state == AVAILABLE:
+                        self._available.add(model.key)
+                        return
+                    if status.state == END and status.status.error_code != 0:
+                        raise FailedPrecondition(
+                            f"TF Serving could not load model {model.label}: "
+                            f"{status.status.error_message}"
+                        )
+                    last = f"state {status.state}"
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"model {model.label} was not AVAILABLE in TF Serving at {self.address} "
+                    f"after {self.load_timeout:.0f} s (last: {last})"
+                )
+            await asyncio.sleep(self.poll_interval)
+
+    # -- PredictionService -------------------------------------------------------
+
+    async def signature(self, model: ModelEntry) -> _Signature:
+        """The signature to call, from GetModelMetadata (cached per version)."""
+        from google.protobuf import wrappers_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+        key = (served_name(model.namespace, model.name), model.version)
+        if key in self._signatures:
+            return self._signatures[key]
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=model_pb2.ModelSpec(
+                name=key[0], version=wrappers_pb2.Int64Value(value=model.version)
+            ),
+            metadata_field=["signature_def"],
+        )
+        response = await self._call(
+            self._predict.GetModelMetadata,
+            request,
+            f"read the signatures of {model.label}",
+            not_served=True,
+        )
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(defs)
+        chosen = choose_signature(dict(defs.signature_def), self.input_mode, model.label)
+        self._signatures[key] = chosen
+        return chosen
+
+    async def predict(self, model: ModelEntry, images: Sequence[ImageInput]) -> list[RawOutput]:
+        if not images:
+            return []
+        await self.start()
+        await self.ensure(model)
+        try:
+            return await self._predict_all(model, images)
+        except _NotServed:
+            # TF Serving lost it (a restart forgets a reloaded config): add it again, once.
+            self._available.discard(model.key)
+            self._signatures.pop((served_name(model.namespace, model.name), model.version), None)
+            await self.prepare(model)
+            return await self._predict_all(model, images)
+
+    async def _predict_all(
+        self, model: ModelEntry, images: Sequence[ImageInput]
+    ) -> list[RawOutput]:
+        signature = await self.signature(model)
+        results: list[RawOutput | None] = [None] * len(images)
+        for group in size_groups(images):
+            batch = [images[i] for i in group]
+            outputs = await self._predict_batch(model, signature, batch)
+            for i, out in zip(group, split_outputs(outputs, len(group), model.label), strict=True):
+                results[i] = out
+        return [r for r in results if r is not None]
+
+    async def _predict_batch(
+        self, model: ModelEntry, signature: _Signature, batch: Sequence[ImageInput]
+    ) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+        from google.protobuf import wrappers_pb2
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(
+                name=served_name(model.namespace, model.name),
+                version=wrappers_pb2.Int64Value(value=model.version),
+                signature_name=signature.name,
+            )
+        )
+        if signature.takes_bytes:
+            data = [encoded_bytes(img) for img in batch]
+            tensor = tf.make_tensor_proto(data, dtype=tf.string, shape=[len(data)])
+        else:
+            tensor = tf.make_tensor_proto(np.stack([img.pixels for img in batch]))
+        request.inputs[signature.input_name].CopyFrom(tensor)
+        assert self._slots is not None
+        async with self._slots:
+            response = await self._call(
+                self._predict.Predict, request, f"predict with {model.label}", not_served=True
+            )
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    # -- errors --------------------------------------------------------------------
+
+    async def _call(self, method, request, what: str, not_served: bool = False):
+        try:
+            return await method(request, timeout=self.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if not_served and exc.code() in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ):
+                raise _NotServed(exc.details()) from exc
+            raise self._error(exc, what) from exc
+
+    def _error(self, exc: grpc.aio.AioRpcError, what: str) -> Exception:
+        text = f"TF Serving at {self.address} could not {what}: {exc.code().name} {exc.details()}"
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(text)
+        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+            return FailedPrecondition(text)
+        return Unavailable(text)
+
+
+class _NotServed(Exception):
+    """TF Serving does not know the model (version) asked for."""
+
+
+def choose_signature(defs: dict[str, Any], input_mode: str, label: str) -> _Signature:
+    """Pick the signature for ``input_mode`` from SignatureDefs (falls back to the other)."""
+    from tensorflow.core.framework import types_pb2
+
+    by_kind: dict[bool, _Signature] = {}
+    for name in sorted(defs, key=lambda n: (n != "serving_default", n)):
+        inputs = dict(defs[name].inputs)
+        if len(inputs) != 1:
+            continue
+        ((input_name, info),) = inputs.items()
+        if info.dtype == types_pb2.DT_STRING:
+            by_kind.setdefault(True, _Signature(name, input_name, True))
+        elif info.dtype == types_pb2.DT_UINT8 and len(info.tensor_shape.dim) == 4:
+            by_kind.setdefault(False, _Signature(name, input_name, False))
+    want_bytes = input_mode == "encoded"
+    chosen = by_kind.get(want_bytes) or by_kind.get(not want_bytes)
+    if chosen is None:
+        raise FailedPrecondition(
+            f"model {label} has no image signature in TF Serving: expected one input of "
+            f"string [-1] or uint8 [-1,-1,-1,3]; it has {sorted(defs)}"
+        )
+    return chosen

@@ -1,0 +1,329 @@
+"""Client commands over InferenceService: ``annotate`` (a progress bar over the
+AnnotateTask stream) and ``predict`` (detections of local images).
+
+The ``preannotate`` command wires ``annotate`` and ``predict`` to
+``add_arguments(name, parser)``, which declares the options and hands back the
+handler. Exit codes: 0 done, 1 the run failed part-way, 2 the request was
+refused or the service could not be reached. Each command has an ``*_async``
+twin for callers that already run an event loop.
+
+Where the service is, from the environment (``Connection.from_env``):
+``PREANNOTATE_INFERENCE_ADDRESS`` (default 127.0.0.1:50052), ``PREANNOTATE_TOKEN``
+(sent as ``authorization: Bearer``), ``PREANNOTATE_INFERENCE_TLS=1`` or
+``PREANNOTATE_INFERENCE_CA_FILE`` (a PEM bundle) for TLS. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from preannotate.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50052"
+OK, RUN_FAILED, REFUSED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Connection:
+    address: str = DEFAULT_ADDRESS
+    token: str = ""
+    tls: bool = False
+    ca_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Connection:
+        env = dict(os.environ) if env is None else env
+        ca = env.get("PREANNOTATE_INFERENCE_CA_FILE", "")
+        tls = env.get("PREANNOTATE_INFERENCE_TLS", "").lower() in ("1", "true", "yes", "on")
+        return cls(
+            address=env.get("PREANNOTATE_INFERENCE_ADDRESS", "") or DEFAULT_ADDRESS,
+            token=env.get("PREANNOTATE_TOKEN", ""),
+            tls=tls or bool(ca),
+            ca_file=Path(ca) if ca else None,
+        )
+
+    def channel(self) -> grpc.aio.Channel:
+        options = [("grpc.max_send_message_length", 64 << 20)]
+        if not self.tls:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        roots = self.ca_file.read_bytes() if self.ca_file else None
+        creds = grpc.ssl_channel_credentials(roots)
+        return grpc.aio.secure_channel(self.address, creds, options=options)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+def model_ref(text: str, namespace: str = "") -> common_pb2.ModelRef:
+    """``name`` or ``name/version`` (version: a whole number) as a ModelRef."""
+    name, _, version = text.partition("/")
+    if version and not version.isdigit():
+        raise ValueError(f"model {text!r}: write <name> or <name>/<version>, e.g. shapes/3")
+    return common_pb2.ModelRef(namespace=namespace, name=name, version=int(version or 0))
+
+
+def _refused(console: Console, exc: grpc.aio.AioRpcError, conn: Connection) -> int:
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        console.print(
+            f"[red]error:[/red] the inference service at {conn.address} cannot be reached "
+            f"({exc.details()}); set PREANNOTATE_INFERENCE_ADDRESS"
+        )
+    else:
+        console.print(f"[red]error ({exc.code().name.lower()}):[/red] {exc.details()}")
+    return REFUSED
+
+
+# --- annotate ---------------------------------------------------------------------
+
+
+async def annotate_async(
+    *,
+    task: int,
+    model: str,
+    threshold: float = 0.0,
+    namespace: str = "",
+    job: int = 0,
+    replace: bool = False,
+    organization: str = "",
+    job_id: str = "",
+    connection: Connection | None = None,
+    console: Console | None = None,
+) -> int:
+    """``preannotate annotate --task 13 --model NAME``: pre-annotate with a progress bar."""
+    conn = connection or Connection.from_env()
+    console = console or Console()
+    try:
+        ref = model_ref(model, namespace)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return REFUSED
+    request = inference_pb2.AnnotateTaskRequest(
+        model=ref,
+        cvat=common_pb2.CvatRef(task_id=task, job_id=job, organization=organization),
+        threshold=threshold,
+        mode=events_pb2.ANNOTATE_MODE_REPLACE if replace else events_pb2.ANNOTATE_MODE_APPEND,
+        job_id=job_id,
+    )
+    last: inference_pb2.AnnotateTaskProgress | None = None
+    skipped: list[tuple[int, str]] = []
+    bar_view = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} frames  {task.fields[shapes]} shapes"),
+        TextColumn("{task.fields[skipped]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    async with conn.channel() as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        with bar_view:
+            bar = bar_view.add_task(f"task {task}", total=None, shapes=0, skipped="")
+            try:
+                async for update in stub.AnnotateTask(request, metadata=conn.metadata()):
+                    last = update
+                    skipped += [(s.frame, s.reason) for s in update.skipped]
+                    done = update.frames_done + update.frames_skipped
+                    bar_view.update(
+                        bar,
+                        description=f"task {task} ({update.job_id})",
+                        total=update.frames_total,
+                        completed=done,
+                        shapes=update.shapes_written,
+                        skipped=f"{update.frames_skipped} skipped" if update.frames_skipped else "",
+                    )
+            except grpc.aio.AioRpcError as exc:
+                bar_view.stop()
+                code = _refused(console, exc, conn)
+                return code if last is None else RUN_FAILED
+    if last is None or not last.done:
+        console.print("[red]error:[/red] the run ended without its final report")
+        return RUN_FAILED
+    console.print(
+        f"wrote {last.shapes_written} shapes on {last.frames_done} of {last.frames_total} "
+        f"frames of task {task}"
+    )
+    for frame, reason in skipped:
+        console.print(f"[yellow]skipped frame {frame}:[/yellow] {reason}")
+    if last.unmatched_classes:
+        console.print(
+            "[yellow]classes without a task label (not written):[/yellow] "
+            + ", ".join(last.unmatched_classes)
+        )
+    return OK
+
+
+def annotate(**options: Any) -> int:
+    return asyncio.run(annotate_async(**options))
+
+
+# --- predict ----------------------------------------------------------------------
+
+
+def _pixel_box(d: Any, width: int, height: int) -> list[float]:
+    b = d.box
+    return [round(v, 1) for v in (b.xmin * width, b.ymin * height, b.xmax * width, b.ymax * height)]
+
+
+def detections_json(answer: inference_pb2.PredictResponse) -> dict[str, Any]:
+    """One image's answer as JSON: boxes in pixels (x1, y1, x2, y2)."""
+    w, h = answer.image_width, answer.image_height
+    return {
+        "model": f"{answer.model.namespace}/{answer.model.name}/{answer.model.version}",
+        "width": w,
+        "height": h,
+        "detections": [
+            {
+                "label": d.label,
+                "class_id": d.class_id,
+                "score": round(d.score, 4),
+                "box": _pixel_box(d, w, h),
+                **({"mask": [d.mask.width, d.mask.height]} if d.HasField("mask") else {}),
+            }
+            for d in answer.detections
+        ],
+    }
+
+
+def _draw(path: Path, answer: inference_pb2.PredictResponse, out: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    with Image.open(path) as image:
+        canvas = image.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    for d in answer.detections:
+        x1, y1, x2, y2 = _pixel_box(d, answer.image_width, answer.image_height)
+        draw.rectangle([x1, y1, x2, y2], outline=(255, 200, 0), width=2)
+        draw.text((x1 + 2, y1 + 1), f"{d.label} {d.score:.2f}", fill=(255, 200, 0))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    out.write_bytes(buf.getvalue())
+
+
+async def predict_async(
+    *,
+    images: Sequence[Path],
+    model: str,
+    threshold: float = 0.0,
+    namespace: str = "",
+    out: Path | None = None,
+    as_json: bool = False,
+    connection: Connection | None = None,
+    console: Console | None = None,
+) -> int:
+    """``preannotate predict IMAGE... --model NAME``: print detections, or save them
+    (``<image>.json`` and ``<image>.png`` with the boxes drawn) under ``out``."""
+    conn = connection or Connection.from_env()
+    console = console or Console()
+    try:
+        ref = model_ref(model, namespace)
+        paths = [Path(p) for p in images]
+        data = [p.read_bytes() for p in paths]
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return REFUSED
+
+    async def requests():
+        for i, blob in enumerate(data):
+            yield inference_pb2.PredictRequest(
+                model=ref, image=blob, threshold=threshold, id=str(i)
+            )
+
+    answers: dict[int, inference_pb2.PredictResponse] = {}
+    async with conn.channel() as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        try:
+            async for answer in stub.StreamPredict(requests(), metadata=conn.metadata()):
+                answers[int(answer.id)] = answer
+        except grpc.aio.AioRpcError as exc:
+            return _refused(console, exc, conn)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for i, path in enumerate(paths):
+        answer = answers[i]
+        report[str(path)] = detections_json(answer)
+        if out is not None:
+            (out / f"{path.stem}.json").write_text(json.dumps(report[str(path)], indent=2))
+            _draw(path, answer, out / f"{path.stem}.png")
+    if as_json:
+        console.print_json(json.dumps(report))
+        return OK
+    for path_text, item in report.items():
+        table = Table(title=f"{path_text} ({item['width']}x{item['height']}, {item['model']})")
+        for column in ("label", "score", "x1", "y1", "x2", "y2"):
+            table.add_column(column)
+        for d in item["detections"]:
+            table.add_row(d["label"], f"{d['score']:.3f}", *(f"{v:.1f}" for v in d["box"]))
+        console.print(table)
+    if out is not None:
+        console.print(f"saved detections of {len(paths)} images under {out}")
+    return OK
+
+
+def predict(**options: Any) -> int:
+    return asyncio.run(predict_async(**options))
+
+
+# --- argparse wiring (for ``preannotate.cli``) --------------------------------------
+
+
+def add_arguments(
+    name: str, parser: argparse.ArgumentParser
+) -> Callable[[argparse.Namespace], int]:
+    """Declare the options of command ``name`` on ``parser``; returns its handler."""
+    parser.add_argument("--model", required=True, help="model name, or <name>/<version>")
+    parser.add_argument("--namespace", default="", help="namespace (the service's default)")
+    parser.add_argument(
+        "--threshold", type=float, default=0.0, help="lowest score kept (default: the service's)"
+    )
+    if name == "annotate":
+        parser.add_argument("--task", type=int, required=True, help="CVAT task id")
+        parser.add_argument("--job", type=int, default=0, help="only this job of the task")
+        parser.add_argument(
+            "--replace", action="store_true", help="remove earlier automatic shapes first"
+        )
+        parser.add_argument("--org", default="", help="CVAT organization slug")
+        parser.add_argument("--job-id", default="", help="idempotency key / job id to use")
+        return lambda ns: annotate(
+            task=ns.task,
+            model=ns.model,
+            threshold=ns.threshold,
+            namespace=ns.namespace,
+            job=ns.job,
+            replace=ns.replace,
+            organization=ns.org,
+            job_id=ns.job_id,
+        )
+    if name == "predict":
+        parser.add_argument("images", nargs="+", type=Path, help="JPEG or PNG files")
+        parser.add_argument("--out", type=Path, default=None, help="save JSON and drawn PNGs here")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+        return lambda ns: predict(
+            images=ns.images,
+            model=ns.model,
+            threshold=ns.threshold,
+            namespace=ns.namespace,
+            out=ns.out,
+            as_json=ns.json,
+        )
+    raise ValueError(f"no inference command {name!r}; have {', '.join(COMMANDS)}")
+
+
+#: The commands ``add_arguments`` knows, with their one-line help.
+COMMANDS = {
+    "annotate": "pre-annotate a CVAT task with a model, with a progress bar",
+    "predict": "print (or save) a model's detections on local images",
+}

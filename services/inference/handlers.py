@@ -1,0 +1,92 @@
+"""The inference service's Kafka handlers (see ``preannotate.handler``).
+
+- ``model.converted``: register the model and make it servable (TF Serving:
+  added to the config, waited for until AVAILABLE). Routed with
+  ``once=False``: a restarted service must register the model again, and
+  registering twice is harmless.
+- ``annotation.requested``: pre-annotate the CVAT task (``InferenceApp.annotate``,
+  the same work as gRPC AnnotateTask), report progress on job.status, and emit
+  ``task.preannotated`` with the counts.
+"""
+
+from __future__ import annotations
+
+import time
+
+from preannotate import topics
+from preannotate.errors import Cancelled, Interrupted
+from preannotate.handler import Context, Outcome
+from preannotate.v1 import events_pb2
+from services.inference.annotate import Progress
+from services.inference.app import AnnotationJob, InferenceApp, describe, describe_done
+
+#: Shortest time between two progress snapshots on job.status.
+REPORT_EVERY_SECONDS = 1.0
+
+
+def checkpoint(msg: events_pb2.AnnotationRequested, ctx: Context) -> None:
+    """Stop a run between batches: a user's cancel, or the service shutting down
+    (the record is then left for redelivery; replace mode makes the rerun clean)."""
+    if ctx.cancel_requested():
+        raise Cancelled(f"pre-annotation of CVAT task {msg.cvat.task_id} cancelled")
+    stop_requested = getattr(ctx, "stop_requested", None)
+    if stop_requested is not None and stop_requested():
+        raise Interrupted("the inference service is shutting down")
+
+
+class InferenceHandlers:
+    """Bound handlers over one ``InferenceApp``."""
+
+    def __init__(self, app: InferenceApp) -> None:
+        self.app = app
+
+    async def handle_model_converted(self, msg: events_pb2.ModelConverted, ctx: Context) -> Outcome:
+        entry, added = await self.app.register(msg)
+        ctx.log.info(
+            "model registered" if added else "model known already; made servable again",
+            model=entry.label,
+            classes=len(entry.classes),
+        )
+        return Outcome.nothing()
+
+    async def handle_annotation_requested(
+        self, msg: events_pb2.AnnotationRequested, ctx: Context
+    ) -> Outcome:
+        last = 0.0
+        started = time.monotonic()
+
+        async def report(progress: Progress) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if progress.done or now - last < REPORT_EVERY_SECONDS:
+                return
+            last = now
+            rate = progress.frames_done / max(now - started, 1e-6)
+            await ctx.report(
+                stage=events_pb2.JOB_STAGE_ANNOTATE,
+                message=describe(progress),
+                progress=events_pb2.Progress(
+                    step=progress.frames_done,
+                    total=progress.frames_total,
+                    images_per_second=rate,
+                ),
+                details={
+                    "shapes_written": str(progress.shapes_written),
+                    "frames_skipped": str(progress.frames_skipped),
+                },
+            )
+
+        await ctx.report(stage=events_pb2.JOB_STAGE_ANNOTATE, message="pre-annotating")
+        done = await self.app.annotate(
+            AnnotationJob(
+                job_id=msg.job_id,
+                namespace=msg.namespace or "default",
+                cvat=msg.cvat,
+                model=msg.model,
+                threshold=msg.threshold,
+                mode=msg.mode,
+            ),
+            on_progress=report,
+            checkpoint=lambda: checkpoint(msg, ctx),
+        )
+        return Outcome.emit(topics.TASK_PREANNOTATED, done, final_message=describe_done(done))

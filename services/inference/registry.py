@@ -1,0 +1,282 @@
+"""The models this service can serve, keyed by namespace / name / version.
+
+Filled from ``model.converted`` events and, at start, from the serving
+manifests in storage (``<namespace>/serving/<name>/<version>/manifest.json``),
+so a restarted service knows its models. Version 0 in a lookup means the
+newest version. A failed lookup first looks in storage again (another replica
+may have taken the event), then answers with what exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from preannotate import keys
+from preannotate.errors import InvalidArgument, NotFound
+from preannotate.storage import MANIFEST, Storage, read_manifest
+from preannotate.v1 import common_pb2, events_pb2
+
+_MANIFEST_KEY = re.compile(r"^([^/]+)/serving/([^/]+)/(\d+)/" + re.escape(MANIFEST) + "$")
+CLASSES_ASSET = "assets/classes.csv"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One servable model version and what the service knows about it."""
+
+    namespace: str
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    model_type: str = ""
+    has_masks: bool = False
+    input_size: int = 0
+    signatures: tuple[str, ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    job_id: str = ""
+    created_at: str = ""
+    #: True / False when the manifest says whether detection_boxes are
+    #: normalised; None: decided from the outputs (see postprocess).
+    boxes_normalized: bool | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.namespace, self.name, self.version)
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}/{self.version}"
+
+    @property
+    def serving_prefix(self) -> str:
+        """Storage prefix of the SavedModel: ``<ns>/serving/<name>/<version>/``."""
+        return keys.serving_prefix(self.namespace, self.name, self.version)
+
+    @property
+    def base_path(self) -> str:
+        """TF Serving's base_path (as a storage key): ``<ns>/serving/<name>``."""
+        return keys.serving_base(self.namespace, self.name)
+
+    def class_name(self, class_id: int) -> str:
+        """The name of model class ``class_id`` (1..K); ``class-<id>`` outside the list."""
+        if 1 <= class_id <= len(self.classes):
+            return self.classes[class_id - 1]
+        return f"class-{class_id}"
+
+    def to_proto(self) -> common_pb2.Model:
+        model = common_pb2.Model(
+            ref=common_pb2.ModelRef(namespace=self.namespace, name=self.name, version=self.version),
+            model_type=self.model_type,
+            classes=list(self.classes),
+            metrics=dict(self.metrics),
+            serving_path=self.serving_prefix,
+            job_id=self.job_id,
+            input_size=self.input_size,
+        )
+        if self.created_at:
+            # Not a timestamp: left unset rather than failing a listing.
+            with contextlib.suppress(ValueError):
+                model.created_at.FromJsonString(_rfc3339(self.created_at))
+        return model
+
+
+def _rfc3339(text: str) -> str:
+    return text.replace("+00:00", "Z") if text.endswith("+00:00") else text
+
+
+def parse_classes_csv(data: bytes) -> tuple[str, ...]:
+    """Class names from a classes.csv: one name a row, or ``id,name`` rows (a header allowed)."""
+    rows = [r for r in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if r and any(r)]
+    if rows and [c.strip().lower() for c in rows[0]] in (["id", "name"], ["name"], ["class"]):
+        rows = rows[1:]
+    if rows and all(len(r) >= 2 and r[0].strip().isdigit() for r in rows):
+        rows.sort(key=lambda r: int(r[0]))
+        ids = [int(r[0]) for r in rows]
+        if ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] not in (0, 1):
+            raise InvalidArgument(f"classes.csv ids must run 1..K without gaps; got {ids}")
+        return tuple(r[1].strip() for r in rows)
+    return tuple(r[0].strip() for r in rows)
+
+
+def entry_from_event(msg: events_pb2.ModelConverted) -> ModelEntry:
+    """A ``ModelEntry`` from a ``model.converted`` event; ``InvalidArgument`` if it is unusable."""
+    namespace = keys.check_name(msg.namespace or msg.model.namespace or "default", "namespace")
+    name = keys.check_name(msg.model.name, "model name")
+    version = keys.check_version(int(msg.model.version))
+    expected = keys.serving_prefix(namespace, name, version)
+    if msg.serving_path and msg.serving_path.rstrip("/") + "/" != expected:
+        raise InvalidArgument(
+            f"model.converted for {namespace}/{name}/{version} names serving_path "
+            f"{msg.serving_path!r}; this service reads models from {expected!r}"
+        )
+    if not msg.classes:
+        raise InvalidArgument(f"model.converted for {namespace}/{name}/{version} lists no classes")
+    return ModelEntry(
+        namespace=namespace,
+        name=name,
+        version=version,
+        classes=tuple(msg.classes),
+        model_type=msg.model_type,
+        has_masks=msg.has_masks,
+        input_size=msg.input_size,
+        signatures=tuple(msg.signatures),
+        metrics=dict(msg.metrics),
+        job_id=msg.job_id,
+    )
+
+
+def entry_from_manifest(
+    namespace: str, name: str, version: int, manifest: Mapping[str, Any], storage: Storage
+) -> ModelEntry:
+    """A ``ModelEntry`` from a serving manifest, as the converter writes it.
+
+    Read: ``classes`` (else assets/classes.csv), ``model_type``, ``has_masks``,
+    ``input_size`` ([h, w] or a number), ``signature_names`` (or a
+    ``signatures`` list), ``metrics``, ``job_id``, ``created_at``, and whether
+    boxes are normalised (``boxes_normalized``, or a ``boxes`` text that starts
+    with "normalised"). A value of the wrong kind is ``InvalidArgument``.
+    """
+    prefix = keys.serving_prefix(namespace, name, version)
+    try:
+        classes = manifest.get("classes")
+        if not classes:
+            try:
+                classes = parse_classes_csv(storage.get(keys.join(prefix, CLASSES_ASSET)))
+            except NotFound:
+                classes = ()
+        if not classes:
+            raise InvalidArgument(
+                f"serving model {prefix} has no classes: neither its manifest nor {CLASSES_ASSET}"
+            )
+        size = manifest.get("input_size") or 0
+        names = manifest.get("signature_names")
+        if names is None:
+            listed = manifest.get("signatures") or ()
+            names = list(listed) if isinstance(listed, list | dict) else []
+        boxes = manifest.get("boxes_normalized")
+        if boxes is None and isinstance(manifest.get("boxes"), str):
+            boxes = manifest["boxes"].lower().startswith(("normalised", "normalized")) or None
+        return ModelEntry(
+            namespace=namespace,
+            name=name,
+            version=version,
+            classes=tuple(str(c) for c in classes),
+            model_type=str(manifest.get("model_type", "")),
+            has_masks=bool(manifest.get("has_masks", False)),
+            input_size=int(max(size) if isinstance(size, list | tuple) else size),
+            signatures=tuple(str(n) for n in names),
+            metrics={str(k): float(v) for k, v in (manifest.get("metrics") or {}).items()},
+            job_id=str(manifest.get("job_id", "")),
+            created_at=str(manifest.get("created_at", "")),
+            boxes_normalized=None if boxes is None else bool(boxes),
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"serving manifest of {prefix} is not usable: {exc}") from exc
+
+
+class ModelRegistry:
+    """Known model versions. Not thread-safe: use it from the event loop."""
+
+    def __init__(self, storage: Storage | None = None, log: Any = None) -> None:
+        self.storage = storage
+        self.log = log
+        self._entries: dict[tuple[str, str, int], ModelEntry] = {}
+        #: Manifests that could not be read, with why (shown by failed lookups).
+        self.broken: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, entry: ModelEntry) -> bool:
+        """Register ``entry``; False when that version was known already (kept as it was)."""
+        if entry.key in self._entries:
+            return False
+        self._entries[entry.key] = entry
+        return True
+
+    def entries(self, namespace: str | None = None) -> list[ModelEntry]:
+        """Every known version (of ``namespace``), sorted by namespace, name, version."""
+        out = [e for e in self._entries.values() if namespace in (None, "", e.namespace)]
+        return sorted(out, key=lambda e: e.key)
+
+    def latest(self, namespace: str | None = None) -> list[ModelEntry]:
+        """The newest version of every model (of ``namespace``)."""
+        newest: dict[tuple[str, str], ModelEntry] = {}
+        for e in self.entries(namespace):
+            newest[(e.namespace, e.name)] = e
+        return list(newest.values())
+
+    def get(self, namespace: str, name: str, version: int = 0) -> ModelEntry | None:
+        if version:
+            return self._entries.get((namespace, name, version))
+        versions = [e for k, e in self._entries.items() if k[:2] == (namespace, name)]
+        return max(versions, key=lambda e: e.version) if versions else None
+
+    async def resolve(self, namespace: str, name: str, version: int = 0) -> ModelEntry:
+        """The entry for namespace/name/version (0: newest); looks in storage on a miss."""
+        keys.check_name(namespace, "namespace")
+        keys.check_name(name, "model name")
+        if version < 0:
+            raise InvalidArgument(f"version {version} is not allowed: use 0 (newest) or 1 and up")
+        entry = self.get(namespace, name, version)
+        if entry is None and self.storage is not None:
+            await self.refresh(namespace, name)
+            entry = self.get(namespace, name, version)
+        if entry is None:
+            known = [e.label for e in self.entries(namespace)]
+            wanted = f"{namespace}/{name}" + (f"/{version}" if version else "")
+            raise NotFound(
+                f"no ready model {wanted}; ready models in namespace {namespace!r}: "
+                + (", ".join(known) if known else "none")
+            )
+        return entry
+
+    async def refresh(self, namespace: str | None = None, name: str | None = None) -> int:
+        """Read serving manifests from storage (all, one namespace, or one model);
+        returns how many versions were new."""
+        if self.storage is None:
+            return 0
+        if namespace and name:
+            prefix = keys.serving_base(namespace, name) + "/"
+        elif namespace:
+            prefix = f"{keys.check_name(namespace, 'namespace')}/serving/"
+        else:
+            prefix = ""
+        found = await asyncio.to_thread(self._scan, prefix)
+        return sum(self.add(e) for e in found)
+
+    def _scan(self, prefix: str) -> list[ModelEntry]:
+        assert self.storage is not None
+        out = []
+        for key in self.storage.list(prefix):
+            match = _MANIFEST_KEY.match(key)
+            if not match:
+                continue
+            namespace, name, version = match.group(1), match.group(2), int(match.group(3))
+            if (namespace, name, version) in self._entries:
+                continue
+            try:
+                keys.check_name(namespace, "namespace")
+                keys.check_name(name, "model name")
+                manifest = read_manifest(
+                    self.storage, keys.serving_prefix(namespace, name, version)
+                )
+                if manifest is None:
+                    continue
+                out.append(entry_from_manifest(namespace, name, version, manifest, self.storage))
+            except InvalidArgument as exc:
+                self.broken[key] = str(exc)
+                if self.log is not None:
+                    self.log.warning("serving manifest skipped", key=key, error=str(exc))
+        return out
+
+    def forget(self, entries: Iterable[ModelEntry]) -> None:
+        for e in entries:
+            self._entries.pop(e.key, None)

@@ -1,0 +1,164 @@
+"""gRPC ``preannotate.v1.InferenceService``: a thin layer over ``InferenceApp``.
+
+Each method parses the request, checks that the caller may use the namespace
+(``preannotate.auth.caller()``; open without a tokens file), calls the core,
+and maps the result. Errors are ``preannotate.errors`` exceptions;
+``preannotate.grpc_errors.ErrorInterceptor`` (mounted by ``service.build``)
+turns them into status codes in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from preannotate.auth import caller
+from preannotate.errors import InvalidArgument, PreannotateError
+from preannotate.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
+from services.inference.annotate import Progress
+from services.inference.app import AnnotationJob, InferenceApp, check_job_id
+from services.inference.postprocess import Detected
+from services.inference.registry import ModelEntry
+from services.inference.shapes import to_proto
+
+_DONE = object()
+
+
+def predict_response(
+    request_id: str, model: ModelEntry, width: int, height: int, found: list[Detected]
+) -> inference_pb2.PredictResponse:
+    return inference_pb2.PredictResponse(
+        id=request_id,
+        model=common_pb2.ModelRef(
+            namespace=model.namespace, name=model.name, version=model.version
+        ),
+        image_width=width,
+        image_height=height,
+        detections=[to_proto(d) for d in found],
+    )
+
+
+def progress_message(job_id: str, p: Progress) -> inference_pb2.AnnotateTaskProgress:
+    return inference_pb2.AnnotateTaskProgress(
+        job_id=job_id,
+        frames_total=p.frames_total,
+        frames_done=p.frames_done,
+        shapes_written=p.shapes_written,
+        frames_skipped=p.frames_skipped,
+        skipped=[events_pb2.SkippedFrame(frame=f, reason=r) for f, r in p.skipped],
+        unmatched_classes=list(p.unmatched_classes),
+        done=p.done,
+    )
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, app: InferenceApp) -> None:
+        self.app = app
+
+    def _allowed(self, ref: common_pb2.ModelRef) -> None:
+        caller().check(ref.namespace or self.app.settings.namespace)
+
+    async def Predict(self, request, context):
+        self._allowed(request.model)
+        model, width, height, found = await self.app.predict(
+            request.model, request.image, request.threshold
+        )
+        return predict_response(request.id, model, width, height, found)
+
+    async def StreamPredict(self, request_iterator, context) -> AsyncIterator:
+        """Answers leave as they finish (not in request order), matched by ``id``;
+        at most ``inference_stream_window`` images are in flight."""
+        window = asyncio.Semaphore(self.app.settings.inference_stream_window)
+        answers: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def one(request) -> None:
+            try:
+                self._allowed(request.model)
+                model, width, height, found = await self.app.predict(
+                    request.model, request.image, request.threshold, f"image {request.id!r}"
+                )
+                answers.put_nowait(predict_response(request.id, model, width, height, found))
+            except PreannotateError as exc:
+                answers.put_nowait(type(exc)(f"image {request.id!r}: {exc}"))
+            except Exception as exc:  # handed to the interceptor, which logs and hides it
+                answers.put_nowait(exc)
+            finally:
+                window.release()
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await window.acquire()
+                task = asyncio.create_task(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.gather(*list(running), return_exceptions=True)
+            answers.put_nowait(_DONE)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                get = asyncio.ensure_future(answers.get())
+                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    if reader.exception() is not None:
+                        raise reader.exception()  # type: ignore[misc]
+                    continue
+                item = get.result()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in [reader, *running]:
+                task.cancel()
+            for task in [reader, *running]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def AnnotateTask(self, request, context) -> AsyncIterator:
+        if request.mode not in events_pb2.AnnotateMode.values():
+            raise InvalidArgument(f"mode {request.mode} is not an AnnotateMode")
+        self._allowed(request.model)
+        job = AnnotationJob(
+            job_id=check_job_id(request.job_id),
+            namespace=request.model.namespace or self.app.settings.namespace,
+            cvat=request.cvat,
+            model=request.model,
+            threshold=request.threshold,
+            mode=request.mode or events_pb2.ANNOTATE_MODE_APPEND,
+        )
+        updates: asyncio.Queue = asyncio.Queue()
+
+        async def on_progress(p: Progress) -> None:
+            updates.put_nowait(progress_message(job.job_id, p))
+
+        run = asyncio.create_task(self.app.annotate_now(job, on_progress))
+        try:
+            while True:
+                get = asyncio.ensure_future(updates.get())
+                await asyncio.wait({get, run}, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    yield get.result()
+                    continue
+                get.cancel()
+                run.result()  # raises the run's error
+                while not updates.empty():
+                    yield updates.get_nowait()
+                return
+        finally:
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run
+
+    async def ListModels(self, request, context):
+        visible = caller().visible(request.namespace)
+        models = self.app.models(request.namespace)
+        if visible is not None:
+            models = [m for m in models if m.namespace in visible]
+        return common_pb2.ListModelsResponse(models=[m.to_proto() for m in models])

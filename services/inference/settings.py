@@ -1,0 +1,119 @@
+"""The inference service's settings: serving backend, batching, CVAT access, ports.
+
+Every field is read from ``PREANNOTATE_<FIELD>`` (upper case), e.g.
+``PREANNOTATE_BACKEND=tfserving``, ``PREANNOTATE_TFSERVING_ADDRESS``,
+``PREANNOTATE_INFERENCE_BATCH_SIZE``. The service's own fields carry an
+``inference_`` (or ``tfserving_`` / ``nuclio_``) prefix, since the embedded
+mode reads every service's settings from one environment; the CVAT fields
+carry the exporter's names, so one set of variables serves both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+
+from preannotate.settings import ServiceSettings
+
+MiB = 1 << 20
+
+
+class InferenceSettings(ServiceSettings):
+    """Settings of the inference service (``PREANNOTATE_`` + field name in upper case)."""
+
+    # Serving backend.
+    #: "inprocess": TensorFlow in this process (embedded default); "tfserving":
+    #: a TF Serving server over gRPC.
+    backend: Literal["inprocess", "tfserving"] = "inprocess"
+    #: host:port of TF Serving's gRPC API.
+    tfserving_address: str = "127.0.0.1:8500"
+    #: What TF Serving sees as the root of the storage: each model's base_path
+    #: is this + "/<namespace>/serving/<name>" (e.g. "s3://preannotate" or
+    #: "/models"). Empty: the storage's own URI of the key.
+    tfserving_base_path: str = ""
+    #: How long a model may take to become AVAILABLE after a config reload.
+    tfserving_load_timeout_seconds: float = Field(300.0, gt=0)
+    #: Deadline of one Predict call.
+    tfserving_rpc_timeout_seconds: float = Field(60.0, gt=0)
+    #: What Predict sends: "encoded" (the JPEG/PNG bytes, to serving_default)
+    #: or "tensor" (decoded pixels, to the image-tensor signature).
+    tfserving_input: Literal["encoded", "tensor"] = "encoded"
+
+    #: In-process backend: most MiB of SavedModels (their size on disk) kept
+    #: loaded; the least recently used is dropped first.
+    inference_memory_budget_mb: int = Field(2048, ge=1)
+    #: In-process backend: local copies of the SavedModels from storage.
+    inference_model_cache_dir: Path = Path("var/cache/inference")
+
+    # Batching and concurrency.
+    inference_batch_size: int = Field(8, ge=1, le=256)
+    #: How long a single-image request (Predict, Nuclio) waits for others to
+    #: share its batch.
+    inference_batch_wait_ms: float = Field(5.0, ge=0)
+    #: Model calls in flight at once (per process).
+    inference_concurrency: int = Field(1, ge=1)
+    #: Frames downloaded and decoded at once during an annotation run.
+    inference_fetch_concurrency: int = Field(8, ge=1)
+    #: Most images a StreamPredict call may have in flight.
+    inference_stream_window: int = Field(64, ge=1)
+
+    # What is written to CVAT.
+    inference_default_threshold: float = Field(0.5, ge=0, le=1)
+    #: Mask R-CNN shapes: "mask" (CVAT masks) or "polygon" (the mask's outline).
+    inference_mask_shape: Literal["mask", "polygon"] = "mask"
+
+    # CVAT.
+    cvat_url: str = "http://127.0.0.1:8080"
+    cvat_token: SecretStr = SecretStr("")
+    #: "bearer": a personal access token; "token": a legacy API key.
+    cvat_auth_scheme: Literal["bearer", "token"] = "bearer"
+    #: Organisation slug sent as X-Organization; a request's own wins.
+    cvat_organization: str = ""
+    cvat_verify_tls: bool = True
+    cvat_request_timeout_seconds: float = Field(60.0, gt=0)
+    #: Tries of one CVAT request that fails with 5xx, a timeout or a broken connection.
+    cvat_retry_attempts: int = Field(3, ge=1)
+    cvat_retry_backoff_seconds: float = Field(1.0, ge=0)
+    cvat_retry_backoff_max_seconds: float = Field(30.0, ge=0)
+    #: Frame quality fetched from CVAT: "original" or "compressed".
+    cvat_frame_quality: Literal["original", "compressed"] = "original"
+
+    # Access.
+    #: YAML file of bearer tokens and their namespaces (see preannotate.auth);
+    #: the gateway reads the same variable. None: InferenceService is open.
+    tokens_file: Path | None = None
+
+    # Ports.
+    inference_grpc_port: int = Field(50052, ge=0, le=65535)
+    #: The Nuclio dashboard API that CVAT's lambda manager calls (CVAT_NUCLIO_PORT).
+    nuclio_port: int = Field(8070, ge=0, le=65535)
+
+    @field_validator("cvat_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://cvat:8080")
+        return value.rstrip("/")
+
+    @field_validator("tfserving_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("must be host:port, e.g. tfserving:8500")
+        return value
+
+    @field_validator("tokens_file")
+    @classmethod
+    def _check_tokens_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no file at {value}")
+        return value
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return self.inference_memory_budget_mb * MiB

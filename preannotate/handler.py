@@ -102,4 +102,11 @@ class Route:
     once: bool = True
     #: Consumer group; default ``preannotate-<service>``.
     group: str | None = None
+    #: Every process hears every record (no group; read from the end, nothing
+    #: committed): for per-process state such as the models an inference
+    #: replica has loaded.
+    broadcast: bool = False
+    #: Whether this route's outcomes and failures update the job's status
+    #: (off for routes that only observe a job, like registering its model).
+    status: bool = True
     extra: dict[str, Any] = field(default_factory=dict)

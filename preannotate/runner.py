@@ -73,8 +73,8 @@ class RecordContext:
         details: dict[str, str] | None = None,
         model: Any | None = None,
     ) -> None:
-        if self.closed:
-            return  # the record is settled: a late progress line must not undo it
+        if self.closed or not self.worker.route.status:
+            return  # settled (a late progress line must not undo it), or an observer route
         await self.worker.runtime.status_writer.write(
             snapshot(
                 self.message,
@@ -111,7 +111,11 @@ class RouteWorker:
         self.settings = settings
         self.group = route.group or f"preannotate-{spec.name}"
         self.stage = stage_name(route.stage)
-        self.consumer = runtime.bus.consumer([route.topic], self.group)
+        self.consumer = (
+            runtime.bus.consumer([route.topic], None, from_beginning=False)
+            if route.broadcast
+            else runtime.bus.consumer([route.topic], self.group)
+        )
         self.stopping = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.log = get_logger(topic=route.topic, group=self.group)
@@ -187,7 +191,7 @@ class RouteWorker:
                 await self._commit(record, log)
                 return
         view = self.runtime.status_view
-        if view is not None and view.cancel_requested(message.job_id):
+        if self.route.status and view is not None and view.cancel_requested(message.job_id):
             log.info("job was cancelled before this stage started; skipping")
             await self._status(message, events_pb2.JOB_STATE_CANCELLED, "cancelled by request")
             await self._commit(record, log)
@@ -272,6 +276,8 @@ class RouteWorker:
             raise
 
     async def _final_status(self, message: Message, outcome: Outcome) -> None:
+        if not self.route.status:
+            return
         if outcome.final_state is not None:
             await self._status(message, outcome.final_state, outcome.final_message)
             return
@@ -299,6 +305,8 @@ class RouteWorker:
             return
 
     async def _status(self, message: Message, state: int, text: str) -> None:
+        if not self.route.status:
+            return
         await self.runtime.status_writer.write(
             snapshot(message, stage=self.route.stage, state=state, text=text)
         )

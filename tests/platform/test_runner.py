@@ -174,3 +174,48 @@ async def test_a_long_handler_keeps_the_member_alive_and_status_follows(runtime)
     assert status.state == events_pb2.JOB_STATE_QUEUED
     assert status.cvat.task_id == 7 and status.training.model_type == "ssd-mobilenet-v2-coco"
     assert status.namespace == "team-a"
+
+
+async def test_a_broadcast_route_reaches_every_process_and_leaves_job_status_alone(tmp_path):
+    bus = MemoryBus()
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    def spec(name: str) -> ServiceSpec:
+        async def register(msg, ctx):
+            seen[name].append(msg.job_id)
+            await ctx.report(stage=events_pb2.JOB_STAGE_CONVERT, message="must not be written")
+            if msg.job_id == "job-bad":
+                raise InvalidArgument("cannot load")
+            return Outcome.nothing()
+
+        route = Route(
+            topics.MODEL_CONVERTED,
+            register,
+            stage=events_pb2.JOB_STAGE_CONVERT,
+            once=False,
+            broadcast=True,
+            status=False,
+        )
+        return ServiceSpec(name="inference", routes=[route])
+
+    settings = ServiceSettings(bus="memory", keepalive_seconds=0.5)
+    store = LocalStorage(tmp_path / "s")
+    a = Runtime([(spec("a"), settings)], bus=bus, storage=store)
+    b = Runtime([(spec("b"), settings)], bus=bus, storage=store)
+    await a.start()
+    await b.start()
+    try:
+        for job in ("job-1", "job-bad"):
+            msg = events_pb2.ModelConverted(job_id=job, namespace="team-a")
+            await events.publish(bus, topics.MODEL_CONVERTED, msg, source="t")
+        await until(lambda: len(seen["a"]) == 2 and len(seen["b"]) == 2)
+        await asyncio.sleep(0.3)
+        assert {k: sorted(v) for k, v in seen.items()} == {
+            "a": ["job-1", "job-bad"],
+            "b": ["job-1", "job-bad"],
+        }
+        assert bus.records(topics.JOB_STATUS) == [], "an observer route wrote job status"
+        assert len(bus.records(topics.MODEL_CONVERTED + ".dlq")) == 2  # once per process
+    finally:
+        await a.stop()
+        await b.stop()

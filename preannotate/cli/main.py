@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("services.gateway.cli", "list jobs"),
     "models": ("services.gateway.cli", "list ready models"),
     "model-types": ("services.gateway.cli", "list the model catalog"),
+    "annotate": ("services.inference.cli", "pre-annotate a CVAT task with a model"),
+    "predict": ("services.inference.cli", "run a model on image files"),
 }
 
 DESCRIPTION = "Turn annotated CVAT tasks into models that pre-annotate the next tasks."

@@ -22,7 +22,8 @@ def test_every_command_declares_its_options(name):
 def test_client_commands_do_not_import_tensorflow():
     code = (
         "import sys; from preannotate.cli.main import build_parser; "
-        "[build_parser(n) for n in ('train', 'jobs', 'models', 'model-types', 'run', 'up')]; "
+        "[build_parser(n) for n in ('train', 'jobs', 'models', 'model-types', 'run', 'up', "
+        "'annotate', 'predict')]; "
         "print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -22,6 +22,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("preannotate.cli.run", "run one service in this process (distributed mode)"),
     "up": ("preannotate.cli.up", "run every service in one process (embedded mode)"),
+    "quickstart": ("preannotate.cli.quickstart", "the whole loop on made-up data, on this machine"),
     "train": ("services.gateway.cli", "ask for a model and follow its job with a progress bar"),
     "watch": ("services.gateway.cli", "follow a job until it ends"),
     "cancel": ("services.gateway.cli", "ask a job to stop"),

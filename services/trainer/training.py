@@ -23,6 +23,7 @@ Model Garden's export restores ``model`` from it.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import tensorflow as tf
 
 from preannotate.arguments import Plan
 from preannotate.errors import Cancelled, FailedPrecondition, Interrupted
+from preannotate.telemetry.logging import get_logger
 from preannotate.vision.registry import register
 from services.trainer import stages
 from services.trainer.initialisation import InitSpec
@@ -297,7 +299,17 @@ class Session:
     # --- evaluation ------------------------------------------------------------
 
     def evaluate(self, summary_dir: Path | None = None) -> dict[str, float]:
-        """COCO metrics (pycocotools, through the task's evaluator) on the validation split."""
+        """COCO metrics (pycocotools, through the task's evaluator) on the validation split.
+
+        pycocotools prints its progress and tables; they go to the log, not stdout.
+        """
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            result = self._evaluate(summary_dir)
+        get_logger(component="trainer").info("COCO evaluation", output=printed.getvalue().strip())
+        return result
+
+    def _evaluate(self, summary_dir: Path | None) -> dict[str, float]:
         task, model, strategy = self.task, self.model, self.strategy
         metrics = task.build_metrics(training=False)
         dataset = strategy.distribute_datasets_from_function(

@@ -1,0 +1,168 @@
+"""The quickstart's loop: the five services in one process, driven by two events.
+
+1. ``task.annotated`` for the made-up training set (a CVAT "COCO 1.0" export
+   read from a local file) → export → training → conversion;
+2. ``annotation.requested`` for the held-out images (a local folder laid out
+   as a CVAT COCO export) → pre-annotation, written as a CVAT-importable
+   ``annotations/instances_default.json``.
+
+Each stage shows a progress bar fed by the job status view. With a CVAT URL,
+the same loop runs on real CVAT tasks instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from preannotate import events, topics
+from preannotate.errors import FailedPrecondition
+from preannotate.status import TERMINAL, stage_name
+from preannotate.v1 import common_pb2, events_pb2
+
+STAGE_TITLES = {
+    events_pb2.JOB_STAGE_REQUESTED: "requested",
+    events_pb2.JOB_STAGE_EXPORT: "export",
+    events_pb2.JOB_STAGE_TRAIN: "train",
+    events_pb2.JOB_STAGE_CONVERT: "convert",
+    events_pb2.JOB_STAGE_ANNOTATE: "pre-annotate",
+}
+
+
+@dataclass
+class Loop:
+    """What one run of the loop needs to know."""
+
+    namespace: str
+    model_name: str
+    model_type: str
+    arguments: str
+    train_source: common_pb2.CvatRef
+    annotate_target: common_pb2.CvatRef
+    threshold: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+async def follow(runtime, job_id: str, console: Console, title: str) -> events_pb2.JobStatus:
+    """Show the job's stages as progress bars until it ends; returns its last status."""
+    view = runtime.status_view
+    bars: dict[int, int] = {}
+    started: dict[int, float] = {}
+    last = None
+    columns = (
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        async for status in view.watch(job_id):
+            last = status
+            stage = status.stage
+            if stage not in bars:
+                for other, task in bars.items():  # earlier stages are done
+                    total = bar.tasks[task].total or 1
+                    bar.update(task, completed=total, total=total)
+                    runtime_s = time.monotonic() - started[other]
+                    bar.update(task, note=f"done in {runtime_s:.0f} s")
+                bars[stage] = bar.add_task(
+                    f"{title} {STAGE_TITLES.get(stage, stage_name(stage))}", total=None, note=""
+                )
+                started[stage] = time.monotonic()
+            p = status.progress
+            note = status.message[:60]
+            if p.total:
+                bits = []
+                if p.loss:
+                    bits.append(f"loss {p.loss:.3f}")
+                if p.images_per_second:
+                    bits.append(f"{p.images_per_second:.1f} img/s")
+                note = ", ".join(bits) or note
+                bar.update(bars[stage], completed=p.step, total=p.total, note=note)
+            else:
+                bar.update(bars[stage], note=note)
+            if status.state in TERMINAL:
+                task = bars[stage]
+                total = bar.tasks[task].total or 1
+                if status.state == events_pb2.JOB_STATE_SUCCEEDED:
+                    bar.update(task, completed=total, total=total)
+                break
+    assert last is not None
+    return last
+
+
+async def run_loop(runtime, loop: Loop, console: Console, timeout: float) -> dict:
+    """Train, convert and pre-annotate; returns what the events said."""
+    bus = runtime.bus
+    train_job = f"qs-train-{uuid.uuid4().hex[:8]}"
+    request = events_pb2.TaskAnnotated(
+        job_id=train_job,
+        namespace=loop.namespace,
+        cvat=loop.train_source,
+        trigger="quickstart",
+        requested_by="quickstart",
+    )
+    request.training.model_type = loop.model_type
+    request.training.arguments = loop.arguments
+    request.training.model_name = loop.model_name
+    request.requested_at.GetCurrentTime()
+
+    converted = bus.consumer([topics.MODEL_CONVERTED], None, from_beginning=False)
+    done = bus.consumer([topics.TASK_PREANNOTATED], None, from_beginning=False)
+    await converted.start()
+    await done.start()
+    try:
+        t0 = time.monotonic()
+        await events.publish(bus, topics.TASK_ANNOTATED, request, source="quickstart")
+        status = await asyncio.wait_for(follow(runtime, train_job, console, "model"), timeout)
+        if status.state != events_pb2.JOB_STATE_SUCCEEDED:
+            raise FailedPrecondition(
+                f"training job {train_job} ended {events_pb2.JobState.Name(status.state)} at "
+                f"{stage_name(status.stage)}: {status.message}"
+            )
+        model_event = await _first(converted, train_job, timeout=60)
+        loop.timings["train_loop"] = time.monotonic() - t0
+
+        annotate_job = f"qs-annotate-{uuid.uuid4().hex[:8]}"
+        ask = events_pb2.AnnotationRequested(
+            job_id=annotate_job,
+            namespace=loop.namespace,
+            cvat=loop.annotate_target,
+            model=model_event.model,
+            threshold=loop.threshold,
+            mode=events_pb2.ANNOTATE_MODE_REPLACE,
+            trigger="quickstart",
+        )
+        t1 = time.monotonic()
+        await events.publish(bus, topics.ANNOTATION_REQUESTED, ask, source="quickstart")
+        status = await asyncio.wait_for(follow(runtime, annotate_job, console, "held-out"), timeout)
+        if status.state != events_pb2.JOB_STATE_SUCCEEDED:
+            raise FailedPrecondition(
+                f"pre-annotation job {annotate_job} ended "
+                f"{events_pb2.JobState.Name(status.state)}: {status.message}"
+            )
+        result = await _first(done, annotate_job, timeout=60)
+        loop.timings["annotate"] = time.monotonic() - t1
+        trained = runtime.status_view.get(train_job)
+        return {"converted": model_event, "preannotated": result, "train_status": trained}
+    finally:
+        for consumer in (converted, done):
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+
+async def _first(consumer, job_id: str, timeout: float):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        for record in await consumer.poll(timeout=0.5):
+            if record.key == job_id:
+                return events.decode(record)
+    raise TimeoutError(f"no event for job {job_id} within {timeout:.0f} s")

@@ -1,0 +1,54 @@
+"""Scoring predictions against ground truth (COCO mAP with pycocotools), and the
+CVAT-importable zip of the pre-annotated held-out images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+
+def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
+    """COCO mAP and mAP@0.5 of the predictions file (COCO 1.0 with ``score``s)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(truth_file))
+        predicted = json.loads(Path(predictions_file).read_text())
+        by_name = {img["file_name"]: img["id"] for img in truth.dataset["images"]}
+        pred_names = {img["id"]: img["file_name"] for img in predicted["images"]}
+        cats = {c["name"]: c["id"] for c in truth.dataset["categories"]}
+        pred_cats = {c["id"]: c["name"] for c in predicted["categories"]}
+        detections = [
+            {
+                "image_id": by_name[pred_names[a["image_id"]]],
+                "category_id": cats[pred_cats[a["category_id"]]],
+                "bbox": a["bbox"],
+                "score": float(a.get("score", a.get("attributes", {}).get("score", 1.0))),
+            }
+            for a in predicted["annotations"]
+            if pred_cats[a["category_id"]] in cats
+        ]
+        if not detections:
+            return {"mAP": 0.0, "mAP@0.5": 0.0, "detections": 0}
+        evaluation = COCOeval(truth, truth.loadRes(detections), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {
+        "mAP": float(evaluation.stats[0]),
+        "mAP@0.5": float(evaluation.stats[1]),
+        "detections": len(detections),
+    }
+
+
+def zip_folder(root: Path, out: Path) -> Path:
+    """Zip a CVAT COCO layout (annotations/, images/default/) for CVAT's import."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            zf.write(path, path.relative_to(root).as_posix())
+    return out

@@ -1,7 +1,7 @@
 """The images the parity check runs: from the job's validation split, else synthetic.
 
-No TensorFlow here: TFRecord files are read by their framing (length, masked
-CRC32C, data, masked CRC32C) and each record is parsed with the
+No TensorFlow here: TFRecord files are read by their framing with
+``preannotate.tfrecord`` and each record is parsed with the
 ``tf.train.Example`` message of ``preannotate.tfexample``. The encoded bytes
 are kept as they are (the JPEG or PNG that CVAT gave), so the exported model's
 ``serving_default`` decodes exactly what a client would send it.
@@ -10,12 +10,9 @@ are kept as they are (the JPEG or PNG that CVAT gave), so the exported model's
 from __future__ import annotations
 
 import io
-import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 from google.protobuf.message import DecodeError
 from PIL import Image, ImageDraw
@@ -24,15 +21,10 @@ from preannotate.errors import NotFound
 from preannotate.keys import check_name
 from preannotate.storage.base import Storage, check_prefix
 from preannotate.tfexample import example_pb2
+from preannotate.tfrecord import CorruptRecord, iter_records
 
-_MASK_DELTA = 0xA282EAD8
-_U32 = 0xFFFFFFFF
 #: Encodings the exported models decode (tf.io.decode_image): what a sample must be.
 _MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png"}
-
-
-class CorruptRecord(ValueError):
-    """A TFRecord file whose framing or checksums are wrong."""
 
 
 @dataclass(frozen=True)
@@ -44,33 +36,6 @@ class Samples:
     source: str
     #: Why the validation split was not used; empty when it was.
     note: str = ""
-
-
-def _masked_crc32c(data: bytes) -> int:
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & _U32
-
-
-def iter_records(blob: bytes) -> Iterator[bytes]:
-    """The records of one TFRecord file's bytes, each checked by both CRCs."""
-    pos, end = 0, len(blob)
-    while pos < end:
-        if end - pos < 12:
-            raise CorruptRecord(f"truncated record header at byte {pos}")
-        head = blob[pos : pos + 8]
-        (length,) = struct.unpack("<Q", head)
-        (head_crc,) = struct.unpack("<I", blob[pos + 8 : pos + 12])
-        if head_crc != _masked_crc32c(head):
-            raise CorruptRecord(f"bad length checksum at byte {pos}")
-        start, stop = pos + 12, pos + 12 + length
-        if stop + 4 > end:
-            raise CorruptRecord(f"record at byte {pos} runs past the end of the file")
-        data = blob[start:stop]
-        (data_crc,) = struct.unpack("<I", blob[stop : stop + 4])
-        if data_crc != _masked_crc32c(data):
-            raise CorruptRecord(f"bad data checksum in the record at byte {pos}")
-        yield data
-        pos = stop + 4
 
 
 def image_kind(data: bytes) -> str | None:

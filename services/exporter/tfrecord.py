@@ -1,82 +1,37 @@
-"""The TFRecord container, written without TensorFlow, and shards of it.
+"""Shards of the TFRecord container: one split's records in numbered files.
 
-A TFRecord file is a sequence of records, each framed as::
-
-    uint64 length (little endian)
-    uint32 masked CRC32C of the 8 length bytes
-    bytes  data[length]
-    uint32 masked CRC32C of the data
-
-with CRC32C masked as TensorFlow's ``crc32c::Mask`` does: rotate right by 15
-bits and add 0xa282ead8. ``ShardedWriter`` splits one split's records into
-files of at most a number of bytes and/or records, named
-``<split>-00000-of-00003.tfrecord`` once the count is known.
+The container itself (framing, masked CRC32C, reading back) is
+``preannotate.tfrecord``; its names are re-exported here for the exporter's
+callers. ``ShardedWriter`` splits one split's records into files of at most a
+number of bytes and/or records, named ``<split>-00000-of-00003.tfrecord``
+once the count is known.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import google_crc32c
+from preannotate.tfrecord import (
+    RECORD_OVERHEAD,
+    CorruptRecord,
+    frame,
+    masked_crc32c,
+    read_records,
+    write_record,
+)
 
-_MASK_DELTA = 0xA282EAD8
-_U32 = 0xFFFFFFFF
-#: Framing bytes added to every record: length, its CRC, the data's CRC.
-RECORD_OVERHEAD = 8 + 4 + 4
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TensorFlow's masked CRC32C of ``data``."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & _U32
-
-
-def frame(data: bytes) -> bytes:
-    """One record as it lies in a TFRecord file."""
-    length = struct.pack("<Q", len(data))
-    return b"".join(
-        (
-            length,
-            struct.pack("<I", masked_crc32c(length)),
-            data,
-            struct.pack("<I", masked_crc32c(data)),
-        )
-    )
-
-
-def write_record(out: BinaryIO, data: bytes) -> int:
-    """Append one framed record to ``out``; returns the bytes written."""
-    framed = frame(data)
-    out.write(framed)
-    return len(framed)
-
-
-def read_records(path: Path) -> list[bytes]:
-    """Every record of a TFRecord file, checking both CRCs (for tests and tools)."""
-    records = []
-    blob = Path(path).read_bytes()
-    pos = 0
-    while pos < len(blob):
-        if pos + 12 > len(blob):
-            raise ValueError(f"{path}: truncated record header at byte {pos}")
-        length_bytes = blob[pos : pos + 8]
-        (length,) = struct.unpack("<Q", length_bytes)
-        (length_crc,) = struct.unpack("<I", blob[pos + 8 : pos + 12])
-        if length_crc != masked_crc32c(length_bytes):
-            raise ValueError(f"{path}: bad length CRC at byte {pos}")
-        start, end = pos + 12, pos + 12 + length
-        if end + 4 > len(blob):
-            raise ValueError(f"{path}: truncated record at byte {pos}")
-        data = blob[start:end]
-        (data_crc,) = struct.unpack("<I", blob[end : end + 4])
-        if data_crc != masked_crc32c(data):
-            raise ValueError(f"{path}: bad data CRC at byte {pos}")
-        records.append(data)
-        pos = end + 4
-    return records
+__all__ = [
+    "RECORD_OVERHEAD",
+    "CorruptRecord",
+    "Shard",
+    "ShardedWriter",
+    "frame",
+    "masked_crc32c",
+    "read_records",
+    "write_record",
+]
 
 
 @dataclass

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from preannotate import grpc_client
 from preannotate.status import TERMINAL, stage_name, state_name
 from preannotate.v1 import common_pb2, events_pb2, training_pb2, training_pb2_grpc
 
@@ -40,32 +39,12 @@ OK, JOB_FAILED, REFUSED = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class Connection:
+class Connection(grpc_client.Connection):
+    """Where the gateway is: ``PREANNOTATE_GATEWAY_*`` (see above)."""
+
+    env_prefix = "PREANNOTATE_GATEWAY"
+    default_address = DEFAULT_ADDRESS
     address: str = DEFAULT_ADDRESS
-    token: str = ""
-    tls: bool = False
-    ca_file: Path | None = None
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Connection:
-        env = os.environ if env is None else env
-        ca = env.get("PREANNOTATE_GATEWAY_CA_FILE", "")
-        tls = env.get("PREANNOTATE_GATEWAY_TLS", "").lower() in ("1", "true", "yes", "on")
-        return cls(
-            address=env.get("PREANNOTATE_GATEWAY_ADDRESS", "") or DEFAULT_ADDRESS,
-            token=env.get("PREANNOTATE_TOKEN", ""),
-            tls=tls or bool(ca),
-            ca_file=Path(ca) if ca else None,
-        )
-
-    def channel(self) -> grpc.aio.Channel:
-        if not self.tls:
-            return grpc.aio.insecure_channel(self.address)
-        roots = self.ca_file.read_bytes() if self.ca_file else None
-        return grpc.aio.secure_channel(self.address, grpc.ssl_channel_credentials(roots))
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
 def _refused(console: Console, exc: grpc.aio.AioRpcError, conn: Connection) -> int:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from preannotate import grpc_client
 from preannotate.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50052"
@@ -37,34 +37,13 @@ OK, RUN_FAILED, REFUSED = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class Connection:
+class Connection(grpc_client.Connection):
+    """Where the inference service is: ``PREANNOTATE_INFERENCE_*`` (see above)."""
+
+    env_prefix = "PREANNOTATE_INFERENCE"
+    default_address = DEFAULT_ADDRESS
+    channel_options = (("grpc.max_send_message_length", 64 << 20),)
     address: str = DEFAULT_ADDRESS
-    token: str = ""
-    tls: bool = False
-    ca_file: Path | None = None
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Connection:
-        env = dict(os.environ) if env is None else env
-        ca = env.get("PREANNOTATE_INFERENCE_CA_FILE", "")
-        tls = env.get("PREANNOTATE_INFERENCE_TLS", "").lower() in ("1", "true", "yes", "on")
-        return cls(
-            address=env.get("PREANNOTATE_INFERENCE_ADDRESS", "") or DEFAULT_ADDRESS,
-            token=env.get("PREANNOTATE_TOKEN", ""),
-            tls=tls or bool(ca),
-            ca_file=Path(ca) if ca else None,
-        )
-
-    def channel(self) -> grpc.aio.Channel:
-        options = [("grpc.max_send_message_length", 64 << 20)]
-        if not self.tls:
-            return grpc.aio.insecure_channel(self.address, options=options)
-        roots = self.ca_file.read_bytes() if self.ca_file else None
-        creds = grpc.ssl_channel_credentials(roots)
-        return grpc.aio.secure_channel(self.address, creds, options=options)
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
 def model_ref(text: str, namespace: str = "") -> common_pb2.ModelRef:

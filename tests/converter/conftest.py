@@ -24,7 +24,7 @@ from preannotate.v1 import events_pb2
 from services.converter.handlers import handle_model_trained
 from services.converter.settings import ConverterSettings
 from tests.converter import trained
-from tests.converter.fakes import FakeContext
+from tests.fakes import FakeContext
 
 
 @dataclass

@@ -12,7 +12,7 @@ from preannotate.storage import read_manifest
 from preannotate.v1 import events_pb2
 from services.converter.handlers import handle_model_trained
 from tests.converter import images
-from tests.converter.fakes import FakeContext
+from tests.fakes import FakeContext
 
 pytestmark = [pytest.mark.tf, pytest.mark.timeout(1800)]
 

@@ -11,7 +11,7 @@ from preannotate.errors import FailedPrecondition
 from preannotate.storage import LocalStorage
 from services.converter.handlers import handle_model_trained
 from tests.converter.conftest import copy_storage, event_of, settings_for
-from tests.converter.fakes import FakeContext
+from tests.fakes import FakeContext
 
 pytestmark = [pytest.mark.tf, pytest.mark.timeout(1800)]
 

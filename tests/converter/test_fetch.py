@@ -12,7 +12,7 @@ from preannotate.v1 import common_pb2, events_pb2
 from services.converter import fetch
 from services.converter.handlers import handle_model_trained
 from services.converter.settings import ConverterSettings
-from tests.converter.fakes import FakeContext
+from tests.fakes import FakeContext
 
 PREFIX = "default/models/m1/2/"
 CKPT = PREFIX + "checkpoints/ckpt-5/ckpt-5"

@@ -82,8 +82,8 @@ def build(kind: str, root: Path) -> dict:
     from preannotate.storage import LocalStorage
     from services.trainer.handlers import handle_dataset_exported
     from services.trainer.settings import TrainerSettings
+    from tests.fakes import FakeContext
     from tests.trainer.datasets import write_dataset
-    from tests.trainer.fakes import FakeContext
 
     run = RUNS[kind]
     storage = LocalStorage(root / "storage")

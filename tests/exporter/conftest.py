@@ -6,7 +6,7 @@ import pytest
 
 from preannotate.storage import LocalStorage
 from services.exporter.settings import ExporterSettings
-from tests.exporter.fakes import FakeContext
+from tests.fakes import FakeContext
 
 
 @pytest.fixture

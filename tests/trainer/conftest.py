@@ -15,8 +15,8 @@ from preannotate.keys import model_prefix
 from preannotate.storage import LocalStorage
 from services.trainer.handlers import handle_dataset_exported
 from services.trainer.settings import TrainerSettings
+from tests.fakes import FakeContext
 from tests.trainer.datasets import write_dataset
-from tests.trainer.fakes import FakeContext
 
 SSD_ARGS = "epochs=6;batch_size=2;input_size=128;checkpoint_every=3;warmup_steps=1"
 SSD_NAME = "boxes"

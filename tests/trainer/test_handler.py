@@ -12,8 +12,8 @@ from preannotate.storage import read_manifest
 from preannotate.v1 import common_pb2
 from services.trainer import handlers
 from services.trainer.handlers import handle_dataset_exported
+from tests.fakes import FakeContext
 from tests.trainer.datasets import write_dataset
-from tests.trainer.fakes import FakeContext
 
 TINY = "batch_size=2;input_size=128;warmup_steps=0;eval=false"
 

@@ -10,8 +10,8 @@ import asyncio
 
 from preannotate.storage import read_manifest
 from services.trainer.handlers import handle_dataset_exported
+from tests.fakes import FakeContext
 from tests.trainer.datasets import write_dataset
-from tests.trainer.fakes import FakeContext
 
 LIGHT = "input_size=128;first_stage_max_proposals=64;second_stage_batch_size=32;warmup_steps=0"
 

@@ -20,7 +20,7 @@ from preannotate.v1 import events_pb2
 from services.trainer.classes import read_classes_csv
 from services.trainer.handlers import handle_dataset_exported
 from services.trainer.settings import TrainerSettings
-from tests.trainer.fakes import FakeContext
+from tests.fakes import FakeContext
 
 
 def test_progress_every_step_and_both_checkpoints(ssd_run):

@@ -1,9 +1,12 @@
-"""A stand-in for the runner's per-record context (preannotate.handler.Context).
+"""A stand-in for the runner's per-record context (``preannotate.handler.Context``).
 
-It records every ``report()`` call; ``cancel_after_steps`` / ``stop_after_steps``
-turn ``cancel_requested()`` / ``stop_requested()`` true once the training loop
-has asked that many times (it asks once before every step), as a user's
-CancelJob or a SIGTERM would arrive after that many steps.
+``FakeContext`` records every ``report()`` call and every log line; its
+storage is a real ``preannotate.storage``. A test turns ``cancel_requested()``
+/ ``stop_requested()`` true by setting ``cancel`` / ``stopping``, or after a
+number of checks with ``cancel_after_steps`` / ``stop_after_steps`` (the
+trainer's loop checks once before every step, so that is as a user's
+CancelJob or a SIGTERM arriving after that many steps). Handlers publish
+through their ``Outcome``: ``publish()`` fails the test.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 
 class RecordingLog:
+    """A logger that keeps ``(level, event, fields)`` of every call."""
+
     def __init__(self) -> None:
         self.lines: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -23,20 +28,24 @@ class RecordingLog:
 
 
 class FakeContext:
-    service = "trainer"
+    """Records report() calls; cancel and stop as the test asks."""
 
     def __init__(
         self,
         storage: Any,
         *,
+        service: str = "test",
         cancel_after_steps: int | None = None,
         stop_after_steps: int | None = None,
     ) -> None:
+        self.service = service
         self.storage = storage
         self.bus = None
         self.record = None
         self.log = RecordingLog()
         self.reports: list[dict[str, Any]] = []
+        self.cancel = False
+        self.stopping = False
         self.cancel_after_steps = cancel_after_steps
         self.stop_after_steps = stop_after_steps
         self.cancel_calls = 0
@@ -47,14 +56,14 @@ class FakeContext:
 
     def cancel_requested(self) -> bool:
         self.cancel_calls += 1
-        return self.cancel_after_steps is not None and self.cancel_calls > self.cancel_after_steps
+        return self.cancel or _passed(self.cancel_calls, self.cancel_after_steps)
 
     def stop_requested(self) -> bool:
         self.stop_calls += 1
-        return self.stop_after_steps is not None and self.stop_calls > self.stop_after_steps
+        return self.stopping or _passed(self.stop_calls, self.stop_after_steps)
 
     async def publish(self, topic: str, message: Any) -> str:
-        raise AssertionError("the trainer publishes through its Outcome only")
+        raise AssertionError(f"a handler publishes through its Outcome only, not to {topic}")
 
     # What the tests read.
     def progress_steps(self) -> list[int]:
@@ -65,3 +74,7 @@ class FakeContext:
         for r in self.reports:
             merged.update(r.get("details") or {})
         return merged
+
+
+def _passed(calls: int, limit: int | None) -> bool:
+    return limit is not None and calls > limit

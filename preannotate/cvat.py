@@ -9,30 +9,40 @@ the retry policy, and the rules for a ``CvatRef.url``.
 - ``cvat_headers``: ``Authorization: Bearer <token>`` (a personal access
   token) or ``Token <key>`` (a legacy API key), and ``X-Organization`` when an
   organisation is named.
-- ``with_retries``: the one retry policy. A try that fails with 5xx, 408, 429,
-  a timeout or a broken connection raises ``Retryable``; it is tried again
-  after ``backoff * 2 ** (try - 1)`` seconds (at most ``backoff_max``), up to
-  ``retry_attempts`` tries, then fails with ``Unavailable`` naming the last
-  error.
-- ``origin`` and ``file_ref_path``: a ``CvatRef.url`` names either the
-  configured CVAT (same scheme, host and port: the token never travels to
-  another server) or, with ``file://``, a local path that must stay under a
-  configured root.
+- ``http_error`` and ``with_retries``: the one error and retry policy. An
+  answer of 5xx, 408 or 429, a timeout or a broken connection is
+  ``Retryable``: tried again after ``backoff * 2 ** (try - 1)`` seconds (at
+  most ``backoff_max``), up to ``retry_attempts`` tries, then ``Unavailable``
+  naming the last error. 401 is ``InvalidArgument`` (fix the token), 403
+  ``PermissionDenied``, 404 ``NotFound``, other 4xx ``InvalidArgument``, each
+  with CVAT's answer.
+- ``check_origin``, ``check_same_server`` and ``file_ref_path``: the token only
+  ever goes to the configured CVAT (same scheme, host and port), and a
+  ``CvatRef.url`` names either that CVAT or, with ``file://``, a local path
+  that must stay under a configured root.
+- ``coco_document`` and ``coco_image``: the frame of a "COCO 1.0" file as CVAT
+  exports it (``annotations/instances_default.json``), for whoever writes one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from preannotate.errors import InvalidArgument, Unavailable
+from preannotate.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from preannotate.settings import ServiceSettings
 
 T = TypeVar("T")
@@ -117,7 +127,7 @@ class CvatConnection:
     backoff_max: float = 30.0
 
     @classmethod
-    def from_settings(cls, settings: CvatSettings, organization: str = "", **extra: Any) -> Any:
+    def from_settings(cls, settings: CvatSettings, organization: str = "", **extra: Any) -> Self:
         """The settings' connection; ``organization`` (a request's own) wins when set.
         ``extra`` fills the fields a subclass adds."""
         return cls(
@@ -158,6 +168,31 @@ def body_text(body: Any) -> str:
     return text[:BODY_CHARS] + ("..." if len(text) > BODY_CHARS else "")
 
 
+def http_error(
+    status: int, what: str, body: Any, connection: CvatConnection, reason: str = ""
+) -> Exception:
+    """The error for CVAT's answer ``status`` (``reason``, ``body``) to ``what``
+    ("GET /api/..."): ``Retryable`` when a later try may get past it."""
+    said = f"CVAT answered {status} {reason}".rstrip() + f" to {what}"
+    text = body_text(body)
+    said += f": {text}" if text else ""
+    if retryable_status(status):
+        return Retryable(said)
+    if status == 401:
+        return InvalidArgument(
+            f"{said}. The token was refused: set PREANNOTATE_CVAT_TOKEN to a valid token and "
+            f"PREANNOTATE_CVAT_AUTH_SCHEME to how CVAT expects it (now {connection.auth_scheme!r})"
+        )
+    if status == 403:
+        return PermissionDenied(
+            f"{said}. The token's user may not do this; check its rights in CVAT and the "
+            f"organisation (now {connection.organization or 'none'!r})"
+        )
+    if status == 404:
+        return NotFound(f"{said}. Check the task id and the organisation")
+    return InvalidArgument(said)
+
+
 async def with_retries(call: Callable[[], Awaitable[T]], connection: CvatConnection) -> T:
     """``await call()`` until it does not raise ``Retryable``, as the module doc says."""
     attempts = connection.retry_attempts
@@ -179,6 +214,18 @@ def origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
     return parts.scheme, f"{(parts.hostname or '').lower()}:{port}"
+
+
+def check_origin(url: str, connection: CvatConnection, what: str = "CVAT pointed at") -> str:
+    """``url`` if it is on the configured CVAT; a link CVAT gave that leads elsewhere
+    (a pagination link, a result_url) is refused: the token is not sent there."""
+    if origin(url) != origin(connection.url):
+        raise FailedPrecondition(
+            f"{what} {url!r}, another server than PREANNOTATE_CVAT_URL {connection.url!r}; "
+            "the token is not sent there. Set PREANNOTATE_CVAT_URL to the address CVAT calls "
+            "itself"
+        )
+    return url
 
 
 def check_same_server(requested: str, configured: str) -> None:
@@ -217,3 +264,38 @@ def is_under(path: Path, root: Path) -> bool:
     """Whether ``path`` (resolved) is ``root`` (resolved) or lies under it."""
     base = Path(root).resolve()
     return path == base or base in path.parents
+
+
+def coco_document(classes: Sequence[str]) -> dict[str, Any]:
+    """An empty "COCO 1.0" file as CVAT exports it, with ``classes`` as the
+    categories (ids 1..K in that order)."""
+    return {
+        "licenses": [{"name": "", "id": 0, "url": ""}],
+        "info": {
+            "contributor": "",
+            "date_created": "",
+            "description": "",
+            "url": "",
+            "version": "",
+            "year": "",
+        },
+        "categories": [
+            {"id": i, "name": name, "supercategory": ""} for i, name in enumerate(classes, 1)
+        ],
+        "images": [],
+        "annotations": [],
+    }
+
+
+def coco_image(image_id: int, file_name: str, width: int, height: int) -> dict[str, Any]:
+    """One entry of a CVAT "COCO 1.0" file's ``images``."""
+    return {
+        "id": image_id,
+        "width": width,
+        "height": height,
+        "file_name": file_name,
+        "license": 0,
+        "flickr_url": "",
+        "coco_url": "",
+        "date_captured": 0,
+    }

@@ -5,16 +5,17 @@
     GET  <result_url>              with the same auth: the zip
 
 Built on cvat-sdk 2.80's *generated* API client (``cvat_sdk.api_client``):
-it brings the auth (``Authorization: Bearer`` for a personal access token,
-``Token`` for a legacy key), the ``X-Organization`` header, the response
-models CVAT's OpenAPI schema defines (``RqId``, ``Request``) and typed HTTP
-errors. The high-level ``Task.export_dataset`` is not used: it polls with
-``time.sleep`` and no deadline, retries nothing, fetches the whole task and the
-server version first, and offers no hook for progress or cancel. This module
-adds those: every blocking call runs in a thread (``asyncio.to_thread``);
-5xx answers, timeouts and broken connections are retried with exponential
-backoff, then fail with ``Unavailable`` naming the CVAT error; 401, 403 and
-404 are not retried (``InvalidArgument``, ``PermissionDenied``, ``NotFound``).
+it brings the response models CVAT's OpenAPI schema defines (``RqId``,
+``Request``) and typed HTTP errors; the auth and organisation headers are
+``preannotate.cvat.cvat_headers``, sent as the client's default headers. The
+high-level ``Task.export_dataset`` is not used: it polls with ``time.sleep``
+and no deadline, retries nothing, fetches the whole task and the server
+version first, and offers no hook for progress or cancel. This module adds
+those: every blocking call runs in a thread (``asyncio.to_thread``); 5xx, 408
+and 429 answers, timeouts and broken connections are retried with the shared
+policy (``preannotate.cvat.with_retries``), then fail with ``Unavailable``
+naming the CVAT error; 401, 403 and 404 are not retried (``InvalidArgument``,
+``PermissionDenied``, ``NotFound``).
 urllib3's own retries are switched off so every try is counted here.
 """
 
@@ -26,56 +27,29 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
-from preannotate.errors import (
-    Cancelled,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
-)
+from preannotate import cvat
+from preannotate.cvat import origin
+from preannotate.errors import Cancelled, FailedPrecondition, InvalidArgument, Unavailable
 
 EXPORT_FORMAT = "COCO 1.0"
 _CHUNK = 1 << 20
-_BODY_CHARS = 300
 T = TypeVar("T")
 StatusCallback = Callable[[str], Awaitable[None]]
 
+# ``origin`` (preannotate.cvat) is imported from here by ``source``.
+__all__ = ["EXPORT_FORMAT", "CvatConfig", "CvatExporter", "origin"]
+
 
 @dataclass(frozen=True)
-class CvatConfig:
-    url: str
-    token: str
-    auth_scheme: Literal["bearer", "token"] = "bearer"
-    organization: str = ""
-    verify_tls: bool = True
-    request_timeout: float = 60.0
+class CvatConfig(cvat.CvatConnection):
+    """The shared connection, plus the export flow's limits."""
+
     export_timeout: float = 3600.0
     poll_interval: float = 2.0
-    retry_attempts: int = 3
-    backoff: float = 1.0
-    backoff_max: float = 30.0
     max_archive_bytes: int = 20 << 30
-
-
-class _Retryable(Exception):
-    """One failed try that a later try may fix; ``str()`` names the CVAT error."""
-
-
-def _body_text(body: Any) -> str:
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    text = " ".join(str(body or "").split())
-    return text[:_BODY_CHARS] + ("..." if len(text) > _BODY_CHARS else "")
-
-
-def origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
-    return parts.scheme, f"{(parts.hostname or '').lower()}:{port}"
 
 
 class CvatExporter:
@@ -83,10 +57,7 @@ class CvatExporter:
 
     def __init__(self, config: CvatConfig) -> None:
         if not config.token:
-            raise InvalidArgument(
-                "no CVAT token is configured: set PREANNOTATE_CVAT_TOKEN to a personal access "
-                "token (or a legacy API key with PREANNOTATE_CVAT_AUTH_SCHEME=token)"
-            )
+            raise InvalidArgument(cvat.MISSING_TOKEN)
         self.config = config
         self._api: Any = None
 
@@ -96,14 +67,9 @@ class CvatExporter:
             from cvat_sdk.api_client import ApiClient, Configuration
 
             conf = Configuration(host=self.config.url, verify_ssl=self.config.verify_tls)
-            if self.config.auth_scheme == "bearer":
-                conf.access_token = self.config.token
-            else:
-                conf.api_key["tokenAuth"] = self.config.token
             conf.retries = False  # every try is counted (and backed off) here
             api = ApiClient(conf)
-            if self.config.organization:
-                api.default_headers["X-Organization"] = self.config.organization
+            api.default_headers.update(self.config.headers())
             self._api = api
         return self._api
 
@@ -115,58 +81,33 @@ class CvatExporter:
 
     # -- one call, with retries ----------------------------------------------
     def _classify(self, what: str, exc: BaseException) -> BaseException:
-        """The error to raise for ``exc``, or a ``_Retryable``."""
+        """The error to raise for ``exc``, or a ``cvat.Retryable``."""
         import urllib3
         from cvat_sdk.api_client import exceptions as api_exc
 
         if isinstance(exc, api_exc.ApiException):
-            status, reason, body = exc.status, exc.reason, _body_text(exc.body)
-            said = f"CVAT answered {status} {reason or ''}".rstrip() + f" to {what}"
-            said += f": {body}" if body else ""
-            if status in (408, 429) or (isinstance(status, int) and status >= 500) or not status:
-                return _Retryable(said)
-            if status == 401:
-                return InvalidArgument(
-                    f"{said}. The token was refused: set PREANNOTATE_CVAT_TOKEN to a valid "
-                    f"token and PREANNOTATE_CVAT_AUTH_SCHEME to how CVAT expects it "
-                    f"(now {self.config.auth_scheme!r})"
-                )
-            if status == 403:
-                org = self.config.organization or "none"
-                return PermissionDenied(
-                    f"{said}. The token's user may not do this; check its rights in CVAT and "
-                    f"the organisation (now {org!r})"
-                )
-            if status == 404:
-                return NotFound(f"{said}. Check the task id and the organisation")
-            return InvalidArgument(said)
+            if not isinstance(exc.status, int) or not exc.status:  # no HTTP answer at all
+                return cvat.Retryable(f"{what} failed: {exc.reason or exc}")
+            return cvat.http_error(exc.status, what, exc.body, self.config, exc.reason or "")
         if isinstance(exc, api_exc.OpenApiException):
             return FailedPrecondition(
                 f"CVAT's answer to {what} does not match the API cvat-sdk 2.80 knows: {exc}"
             )
         if isinstance(exc, urllib3.exceptions.HTTPError | TimeoutError | ConnectionError):
-            return _Retryable(f"{what} failed: {type(exc).__name__}: {exc}")
+            return cvat.Retryable(f"{what} failed: {type(exc).__name__}: {exc}")
         return exc
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        last = ""
-        for attempt in range(1, self.config.retry_attempts + 1):
+        async def once() -> T:
             try:
                 return await asyncio.to_thread(fn)
             except Exception as exc:
                 error = self._classify(what, exc)
-                if not isinstance(error, _Retryable):
-                    if error is exc:
-                        raise
-                    raise error from exc
-                last = str(error)
-            if attempt < self.config.retry_attempts:
-                delay = min(self.config.backoff * 2 ** (attempt - 1), self.config.backoff_max)
-                await asyncio.sleep(delay)
-        raise Unavailable(
-            f"{last} (gave up after {self.config.retry_attempts} tries; "
-            "PREANNOTATE_CVAT_RETRY_ATTEMPTS)"
-        )
+                if error is exc:
+                    raise
+                raise error from exc
+
+        return await cvat.with_retries(once, self.config)
 
     # -- the flow -------------------------------------------------------------
     async def export_task(
@@ -258,13 +199,7 @@ class CvatExporter:
 
     def _result_url(self, result_url: str) -> str:
         url = urljoin(self.config.url + "/", result_url)
-        if origin(url) != origin(self.config.url):
-            raise FailedPrecondition(
-                f"CVAT's result_url {url!r} is on another server than PREANNOTATE_CVAT_URL "
-                f"{self.config.url!r}; the token is not sent there. Set PREANNOTATE_CVAT_URL "
-                "to the address CVAT calls itself"
-            )
-        return url
+        return cvat.check_origin(url, self.config, "CVAT's result_url is")
 
     async def download(self, result_url: str, dest: Path) -> Path:
         """Stream the export to ``dest`` (replaced), within the size limit."""

@@ -1,16 +1,17 @@
-"""Pre-annotating a CVAT task (or one job of it): the one domain function behind
-gRPC AnnotateTask and the ``annotation.requested`` event.
+"""Pre-annotating a target (a CVAT task or job, or a local folder; see
+``services.inference.target``): the one domain function behind gRPC
+AnnotateTask and the ``annotation.requested`` event.
 
-1. Read the task's data meta, labels and jobs. Model classes map to task
-   labels by name; classes without a label are reported and their detections
-   dropped (no class matching at all is an error: nothing could be written).
-2. Replace mode: delete the shapes with ``source: "auto"`` from each job first.
-3. A pipeline of three stages that overlap: frames are downloaded and decoded
+1. Read the target's labels and frames. Model classes map to labels by name;
+   classes without a label are reported and their detections dropped (no
+   class matching at all is an error: nothing could be written).
+2. ``target.prepare``: replace mode removes the earlier automatic shapes.
+3. A pipeline of three stages that overlap: frames are fetched and decoded
    concurrently (at most ``fetch_concurrency`` at once, a bounded window ahead
    of the model); the model runs on batches of ``batch_size``; each batch's
-   shapes are PATCHed to the jobs that hold their frames while the next batch
-   runs. A frame that fails to download or decode is skipped with the reason;
-   it does not fail the run.
+   results are written to the target while the next batch runs. A frame that
+   cannot be fetched or decoded is skipped with the reason; it does not fail
+   the run. ``target.finish`` follows the last write.
 4. Before each batch ``checkpoint()`` may stop the run (cancel, shutdown).
 5. Progress goes to a callback after every written batch (``skipped`` holds
    the frames skipped since the previous call), and once more with ``done``.
@@ -26,26 +27,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from preannotate.errors import InvalidArgument, NotFound
-from services.inference import images
+from preannotate.errors import InvalidArgument
+from services.inference import images, metrics
 from services.inference.backends.base import ImageInput
-from services.inference.cvat import CvatClient, is_frame_problem
+from services.inference.cvat_target import frame_jobs  # noqa: F401  (bench/inference uses it here)
 from services.inference.postprocess import detections
 from services.inference.predictor import Predictor
 from services.inference.registry import ModelEntry
-from services.inference.shapes import cvat_shape
-
-
-@dataclass(frozen=True)
-class AnnotateOptions:
-    task_id: int
-    #: One job of the task; 0: every job.
-    job_id: int = 0
-    threshold: float = 0.5
-    #: Remove earlier automatic shapes first.
-    replace: bool = False
-    #: Mask R-CNN shapes: "mask" or "polygon".
-    mask_shape: str = "mask"
+from services.inference.target import FrameResult, Target, is_frame_problem
 
 
 @dataclass
@@ -68,8 +57,6 @@ class AnnotateResult:
     skipped: list[tuple[int, str]]
     unmatched_classes: tuple[str, ...]
     shapes_deleted: int = 0
-    #: Shapes written per CVAT job id.
-    per_job: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -79,29 +66,14 @@ ProgressCallback = Callable[[Progress], Awaitable[None]]
 @dataclass
 class _Batch:
     frames: list[int]
-    shapes: dict[int, list[dict[str, Any]]]  # job id -> shapes
+    results: list[FrameResult]
     skipped: list[tuple[int, str]]
-
-
-def frame_jobs(jobs: Sequence[dict[str, Any]], only_job: int = 0) -> dict[int, int]:
-    """Frame -> the annotation job that holds it (the first, where segments overlap)."""
-    owners: dict[int, int] = {}
-    picked = [j for j in jobs if j.get("type", "annotation") == "annotation"]
-    if only_job:
-        picked = [j for j in picked if j["id"] == only_job]
-        if not picked:
-            known = sorted(j["id"] for j in jobs)
-            raise NotFound(f"job {only_job} is not an annotation job of this task; jobs: {known}")
-    for job in sorted(picked, key=lambda j: (j["start_frame"], j["id"])):
-        for frame in range(job["start_frame"], job["stop_frame"] + 1):
-            owners.setdefault(frame, job["id"])
-    return owners
 
 
 def label_ids(
     model: ModelEntry, labels: Sequence[dict[str, Any]]
 ) -> tuple[dict[str, int], tuple[str, ...]]:
-    """(model class -> task label id, model classes with no task label of that name)."""
+    """(model class -> label id, model classes with no label of that name)."""
     by_name = {lb["name"]: lb["id"] for lb in labels if not lb.get("parent_id")}
     mapping = {c: by_name[c] for c in model.classes if c in by_name}
     unmatched = tuple(c for c in model.classes if c not in by_name)
@@ -118,48 +90,36 @@ class Annotator:
     """Runs pre-annotation runs; holds no per-run state."""
 
     def __init__(
-        self,
-        predictor: Predictor,
-        *,
-        batch_size: int = 8,
-        fetch_concurrency: int = 8,
-        frame_quality: str = "original",
+        self, predictor: Predictor, *, batch_size: int = 8, fetch_concurrency: int = 8
     ) -> None:
         self.predictor = predictor
         self.batch_size = batch_size
         self.fetch_concurrency = fetch_concurrency
-        self.frame_quality = frame_quality
 
     async def run(
         self,
-        cvat: CvatClient,
+        target: Target,
         model: ModelEntry,
-        options: AnnotateOptions,
+        threshold: float,
         on_progress: ProgressCallback | None = None,
         checkpoint: Callable[[], None] | None = None,
     ) -> AnnotateResult:
         """Run one pre-annotation; ``checkpoint()`` is called before each batch and
         may raise (``Cancelled``, ``Interrupted``) to stop the run there."""
         started = time.perf_counter()
-        if not 0 <= options.threshold <= 1:
-            raise InvalidArgument(f"threshold {options.threshold} is not in 0..1")
-        meta, labels, jobs = await asyncio.gather(
-            cvat.data_meta(options.task_id),
-            cvat.labels(options.task_id),
-            cvat.jobs(options.task_id),
-        )
+        if not 0 <= threshold <= 1:
+            raise InvalidArgument(f"threshold {threshold} is not in 0..1")
+        labels, frames = await asyncio.gather(target.labels(), target.frames())
         mapping, unmatched = label_ids(model, labels)
-        owners = frame_jobs(jobs, options.job_id)
-        deleted = set(meta.get("deleted_frames") or ())
-        frames = [f for f in range(int(meta["size"])) if f not in deleted and f in owners]
 
         result = AnnotateResult(len(frames), 0, 0, [], unmatched)
-        if options.replace:
-            for job_id in sorted(set(owners[f] for f in frames)):
-                result.shapes_deleted += await self._delete_auto(cvat, job_id)
+        result.shapes_deleted = await target.prepare(frames)
 
         progress = Progress(frames_total=len(frames), unmatched_classes=unmatched)
         writes: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+        shapes_counter = metrics.SHAPES_WRITTEN.labels(
+            metrics.model_label(model.namespace, model.name), target.kind
+        )
 
         async def report() -> None:
             if on_progress is not None:
@@ -168,10 +128,9 @@ class Annotator:
 
         async def writer() -> None:
             while (batch := await writes.get()) is not None:
-                for job_id in sorted(batch.shapes):
-                    written = await cvat.patch_shapes(job_id, "create", batch.shapes[job_id])
-                    result.per_job[job_id] = result.per_job.get(job_id, 0) + written
-                    result.shapes_written += written
+                written = await target.write(batch.results)
+                shapes_counter.inc(written)
+                result.shapes_written += written
                 result.frames_done += len(batch.frames)
                 result.skipped += batch.skipped
                 progress.frames_done = result.frames_done
@@ -181,27 +140,25 @@ class Annotator:
                 await report()
 
         write_task = asyncio.create_task(writer())
-        frames_iter = self._fetched(cvat, options.task_id, frames)
+        frames_iter = self._fetched(target, frames)
         try:
             async for batch_frames, batch_images, skipped in self._batches(frames_iter):
                 if checkpoint is not None:
                     checkpoint()
-                shapes: dict[int, list[dict[str, Any]]] = {}
+                results: list[FrameResult] = []
                 if batch_images:
                     raws = await self.predictor.raw(model, batch_images)
                     for frame, image, raw in zip(batch_frames, batch_images, raws, strict=True):
-                        found = detections(raw, model, image.width, image.height, options.threshold)
-                        job_id = owners[frame]
-                        for det in found:
-                            if det.label not in mapping:
-                                continue
-                            kind = options.mask_shape if model.has_masks else "rectangle"
-                            shape = cvat_shape(
-                                det, frame, image.width, image.height, mapping[det.label], kind
+                        found = detections(raw, model, image.width, image.height, threshold)
+                        results.append(
+                            FrameResult(
+                                frame,
+                                image.width,
+                                image.height,
+                                [(mapping[d.label], d) for d in found if d.label in mapping],
                             )
-                            if shape is not None:
-                                shapes.setdefault(job_id, []).append(shape)
-                await self._put(writes, write_task, _Batch(batch_frames, shapes, skipped))
+                        )
+                await self._put(writes, write_task, _Batch(batch_frames, results, skipped))
             await self._put(writes, write_task, None)
             await write_task
         finally:
@@ -210,6 +167,7 @@ class Annotator:
                 write_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await write_task
+        await target.finish()
 
         progress.done = True
         await report()
@@ -226,28 +184,25 @@ class Annotator:
         if writer.done() and writer.exception() is not None:
             raise writer.exception()  # type: ignore[misc]
 
-    async def _delete_auto(self, cvat: CvatClient, job_id: int) -> int:
-        data = await cvat.job_annotations(job_id)
-        auto = [s for s in data.get("shapes", []) if s.get("source") == "auto"]
-        if not auto:
-            return 0
-        return await cvat.patch_shapes(job_id, "delete", auto)
-
     async def _fetch(
-        self, cvat: CvatClient, task_id: int, frame: int, slots: asyncio.Semaphore
+        self, target: Target, frame: int, slots: asyncio.Semaphore
     ) -> tuple[int, ImageInput | None, str]:
         async with slots:
+            reason = metrics.SKIP_FETCH
             try:
-                data = await cvat.frame(task_id, frame, self.frame_quality)
-                image = await asyncio.to_thread(images.decode, data, f"frame {frame}")
+                data = await target.fetch(frame)
+                reason = metrics.SKIP_DECODE
+                what = target.frame_name(frame)
+                image = await asyncio.to_thread(images.decode, data, what)
             except Exception as exc:
                 if not is_frame_problem(exc):
                     raise
+                metrics.FRAMES_SKIPPED.labels(reason).inc()
                 return frame, None, str(exc)
         return frame, image, ""
 
     async def _fetched(
-        self, cvat: CvatClient, task_id: int, frames: Sequence[int]
+        self, target: Target, frames: Sequence[int]
     ) -> AsyncIterator[tuple[int, ImageInput | None, str]]:
         """(frame, image or None, why not) in frame order, fetched ahead in a bounded window."""
         slots = asyncio.Semaphore(self.fetch_concurrency)
@@ -256,14 +211,14 @@ class Annotator:
         pending: deque[asyncio.Task] = deque()
         try:
             for frame in todo:
-                pending.append(asyncio.create_task(self._fetch(cvat, task_id, frame, slots)))
+                pending.append(asyncio.create_task(self._fetch(target, frame, slots)))
                 if len(pending) >= window:
                     break
             while pending:
                 item = await pending.popleft()
                 nxt = next(todo, None)
                 if nxt is not None:
-                    pending.append(asyncio.create_task(self._fetch(cvat, task_id, nxt, slots)))
+                    pending.append(asyncio.create_task(self._fetch(target, nxt, slots)))
                 yield item
         finally:
             for task in pending:

@@ -17,18 +17,25 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from preannotate import events, keys, topics
-from preannotate.errors import InvalidArgument, PreannotateError, Unavailable
+from preannotate.errors import (
+    Cancelled,
+    Interrupted,
+    InvalidArgument,
+    PreannotateError,
+    Unavailable,
+)
 from preannotate.service import Resources
 from preannotate.telemetry.logging import get_logger
 from preannotate.v1 import common_pb2, events_pb2
-from services.inference import images
-from services.inference.annotate import AnnotateOptions, Annotator, Progress
+from services.inference import images, metrics
+from services.inference.annotate import Annotator, Progress
 from services.inference.backends import Backend, make_backend
-from services.inference.cvat import CvatClient, CvatConfig, check_same_server
+from services.inference.cvat import CvatClient
 from services.inference.postprocess import Detected
 from services.inference.predictor import Predictor
 from services.inference.registry import ModelEntry, ModelRegistry, entry_from_event
 from services.inference.settings import InferenceSettings
+from services.inference.target import cvat_client, open_target
 
 SERVICE = "inference"
 ProgressCallback = Callable[[Progress], Awaitable[None]]
@@ -79,9 +86,9 @@ class InferenceApp:
             self.predictor,
             batch_size=s.inference_batch_size,
             fetch_concurrency=s.inference_fetch_concurrency,
-            frame_quality=s.cvat_frame_quality,
         )
         self.registry, self.backend = registry, backend
+        metrics.MODELS_KNOWN.set(len(registry.entries()))
         self.log.info("models found in storage", count=found, backend=backend.name)
         try:
             await backend.sync()
@@ -112,6 +119,7 @@ class InferenceApp:
         await registry.refresh()
         if not registry.add(entry):
             entry = registry.get(*entry.key) or entry
+        metrics.MODELS_KNOWN.set(len(registry.entries()))
         await backend.prepare(entry)
         return entry, not known
 
@@ -152,21 +160,8 @@ class InferenceApp:
     # -- annotation runs -----------------------------------------------------------
 
     def cvat_client(self, cvat: common_pb2.CvatRef) -> CvatClient:
-        s = self.settings
-        check_same_server(cvat.url, s.cvat_url)
-        return CvatClient(
-            CvatConfig(
-                url=s.cvat_url,
-                token=s.cvat_token.get_secret_value(),
-                auth_scheme=s.cvat_auth_scheme,
-                organization=cvat.organization or s.cvat_organization,
-                verify_tls=s.cvat_verify_tls,
-                request_timeout=s.cvat_request_timeout_seconds,
-                retry_attempts=s.cvat_retry_attempts,
-                backoff=s.cvat_retry_backoff_seconds,
-                backoff_max=s.cvat_retry_backoff_max_seconds,
-            )
-        )
+        """A client on the configured CVAT in the request's organisation."""
+        return cvat_client(self.settings, cvat)
 
     async def annotate(
         self,
@@ -174,27 +169,33 @@ class InferenceApp:
         on_progress: ProgressCallback | None = None,
         checkpoint: Callable[[], None] | None = None,
     ) -> events_pb2.TaskPreannotated:
-        """Pre-annotate a CVAT task (or job); the counts as a ``TaskPreannotated``."""
+        """Pre-annotate the target ``job.cvat`` names (a CVAT task or job, or a local
+        folder with ``file://``); the counts as a ``TaskPreannotated``."""
         _, _, _, annotator = self._ready()
-        if job.cvat.task_id <= 0:
-            raise InvalidArgument("no CVAT task named: set cvat.task_id")
+        threshold = self.threshold(job.threshold)
         ref = common_pb2.ModelRef()
         ref.CopyFrom(job.model)
         ref.namespace = ref.namespace or job.namespace
         model = await self.resolve(ref)
-        options = AnnotateOptions(
-            task_id=int(job.cvat.task_id),
-            job_id=int(job.cvat.job_id),
-            threshold=self.threshold(job.threshold),
-            replace=job.mode == events_pb2.ANNOTATE_MODE_REPLACE,
-            mask_shape=self.settings.inference_mask_shape,
-        )
-        async with self.cvat_client(job.cvat) as cvat:
-            result = await annotator.run(cvat, model, options, on_progress, checkpoint)
+        replace = job.mode == events_pb2.ANNOTATE_MODE_REPLACE
+        target = open_target(self.settings, job.cvat, model, replace=replace)
+        outcome = "failed"
+        try:
+            result = await annotator.run(target, model, threshold, on_progress, checkpoint)
+            outcome = "succeeded"
+        except (Cancelled, asyncio.CancelledError):
+            outcome = "cancelled"
+            raise
+        except Interrupted:
+            outcome = "interrupted"
+            raise
+        finally:
+            metrics.RUNS.labels(target.kind, outcome).inc()
+            await target.close()
         self.log.info(
-            "task pre-annotated",
+            "pre-annotated",
             job_id=job.job_id,
-            task=options.task_id,
+            target=target.describe,
             model=model.label,
             frames=result.frames_done,
             shapes=result.shapes_written,

@@ -1,12 +1,13 @@
 """The inference service's Kafka handlers (see ``preannotate.handler``).
 
 - ``model.converted``: register the model and make it servable (TF Serving:
-  added to the config, waited for until AVAILABLE). Routed with
-  ``once=False``: a restarted service must register the model again, and
-  registering twice is harmless.
-- ``annotation.requested``: pre-annotate the CVAT task (``InferenceApp.annotate``,
-  the same work as gRPC AnnotateTask), report progress on job.status, and emit
-  ``task.preannotated`` with the counts.
+  added to the config, waited for until AVAILABLE). Routed to every replica
+  (``broadcast``), with ``once=False`` and ``status=False``: each replica must
+  register the model, registering twice is harmless, and the job's status is
+  the converter's.
+- ``annotation.requested``: pre-annotate the CVAT task or local folder
+  (``InferenceApp.annotate``, the same work as gRPC AnnotateTask), report
+  progress on job.status, and emit ``task.preannotated`` with the counts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 
 from preannotate import topics
+from preannotate.cvat import is_file_ref
 from preannotate.errors import Cancelled, Interrupted
 from preannotate.handler import Context, Outcome
 from preannotate.v1 import events_pb2
@@ -28,7 +30,8 @@ def checkpoint(msg: events_pb2.AnnotationRequested, ctx: Context) -> None:
     """Stop a run between batches: a user's cancel, or the service shutting down
     (the record is then left for redelivery; replace mode makes the rerun clean)."""
     if ctx.cancel_requested():
-        raise Cancelled(f"pre-annotation of CVAT task {msg.cvat.task_id} cancelled")
+        what = msg.cvat.url if is_file_ref(msg.cvat.url) else f"CVAT task {msg.cvat.task_id}"
+        raise Cancelled(f"pre-annotation of {what} cancelled")
     stop_requested = getattr(ctx, "stop_requested", None)
     if stop_requested is not None and stop_requested():
         raise Interrupted("the inference service is shutting down")

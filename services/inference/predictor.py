@@ -6,15 +6,20 @@
 the same model are gathered into shared batches by a ``MicroBatcher``, which
 waits at most ``batch_wait`` seconds for company before it runs a batch and
 keeps at most ``concurrency`` batches in flight.
+
+Every backend call goes through ``Predictor.predict``, which counts the frames
+and times the call (``services.inference.metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from preannotate.errors import InvalidArgument
+from services.inference import metrics
 from services.inference.backends.base import Backend, ImageInput, RawOutput
 from services.inference.postprocess import Detected, detections
 from services.inference.registry import ModelEntry, ModelRegistry
@@ -111,11 +116,23 @@ class Predictor:
             raise InvalidArgument("no model named: give the model's name (and namespace)")
         return await self.registry.resolve(namespace or self.default_namespace, name, version)
 
+    async def predict(self, model: ModelEntry, images: Sequence[ImageInput]) -> list[RawOutput]:
+        """One backend call for ``images`` (one batch), counted and timed."""
+        label = metrics.model_label(model.namespace, model.name)
+        started = time.perf_counter()
+        try:
+            out = await self.backend.predict(model, images)
+        except Exception:
+            metrics.PREDICT_FAILURES.labels(label).inc()
+            raise
+        metrics.observe_predict(label, len(images), time.perf_counter() - started)
+        return out
+
     async def raw(self, model: ModelEntry, images: Sequence[ImageInput]) -> list[RawOutput]:
         """Raw outputs for ``images``, run in batches of ``batch_size``."""
         out: list[RawOutput] = []
         for start in range(0, len(images), self.batch_size):
-            out += await self.backend.predict(model, images[start : start + self.batch_size])
+            out += await self.predict(model, images[start : start + self.batch_size])
         return out
 
     async def detect(
@@ -134,7 +151,7 @@ class Predictor:
         batcher = self._batchers.get(model.key)
         if batcher is None:
             batcher = MicroBatcher(
-                lambda imgs, m=model: self.backend.predict(m, imgs),
+                lambda imgs, m=model: self.predict(m, imgs),
                 self.batch_size,
                 self.batch_wait,
                 self.concurrency,

@@ -1,7 +1,12 @@
 """``build(settings)``: the inference service as the runner runs it.
 
-Routes: ``model.converted`` (registers models; ``once=False``) and
-``annotation.requested`` (pre-annotates; once per job). gRPC:
+Routes: ``model.converted`` (registers models) is heard by every replica
+(``broadcast``: no consumer group, read from the end; each replica keeps its
+own registry and loaded models, and one that starts later reads the serving
+manifests in storage) and leaves the job's status alone (``status=False``:
+the converter's stage already ended the job); ``once=False``, since each
+replica must act on it. ``annotation.requested`` (pre-annotates) is shared by
+the group, once per job. gRPC:
 ``preannotate.v1.InferenceService`` on ``inference_grpc_port`` with the shared
 interceptors (errors mapped to status codes; bearer tokens checked when
 ``tokens_file`` is set). HTTP: the Nuclio dashboard API on ``nuclio_port``. The core
@@ -36,6 +41,8 @@ def build(settings: InferenceSettings, app: InferenceApp | None = None) -> Servi
                 handlers.handle_model_converted,
                 stage=events_pb2.JOB_STAGE_CONVERT,
                 once=False,
+                broadcast=True,
+                status=False,
             ),
             Route(
                 topics.ANNOTATION_REQUESTED,

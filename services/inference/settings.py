@@ -4,25 +4,26 @@ Every field is read from ``PREANNOTATE_<FIELD>`` (upper case), e.g.
 ``PREANNOTATE_BACKEND=tfserving``, ``PREANNOTATE_TFSERVING_ADDRESS``,
 ``PREANNOTATE_INFERENCE_BATCH_SIZE``. The service's own fields carry an
 ``inference_`` (or ``tfserving_`` / ``nuclio_``) prefix, since the embedded
-mode reads every service's settings from one environment; the CVAT fields
-carry the exporter's names, so one set of variables serves both.
+mode reads every service's settings from one environment; the CVAT connection
+fields are ``preannotate.cvat.CvatSettings``'s, shared with the exporter (one
+set of variables serves both).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
-from preannotate.settings import ServiceSettings
+from preannotate.cvat import CvatSettings
 
 MiB = 1 << 20
 
 
-class InferenceSettings(ServiceSettings):
-    """Settings of the inference service (``PREANNOTATE_`` + field name in upper case)."""
+class InferenceSettings(CvatSettings):
+    """Settings of the inference service (``PREANNOTATE_`` + field name in upper case);
+    the CVAT connection fields come from ``preannotate.cvat.CvatSettings``."""
 
     # Serving backend.
     #: "inprocess": TensorFlow in this process (embedded default); "tfserving":
@@ -65,21 +66,16 @@ class InferenceSettings(ServiceSettings):
     #: Mask R-CNN shapes: "mask" (CVAT masks) or "polygon" (the mask's outline).
     inference_mask_shape: Literal["mask", "polygon"] = "mask"
 
-    # CVAT.
-    cvat_url: str = "http://127.0.0.1:8080"
-    cvat_token: SecretStr = SecretStr("")
-    #: "bearer": a personal access token; "token": a legacy API key.
-    cvat_auth_scheme: Literal["bearer", "token"] = "bearer"
-    #: Organisation slug sent as X-Organization; a request's own wins.
-    cvat_organization: str = ""
-    cvat_verify_tls: bool = True
-    cvat_request_timeout_seconds: float = Field(60.0, gt=0)
-    #: Tries of one CVAT request that fails with 5xx, a timeout or a broken connection.
-    cvat_retry_attempts: int = Field(3, ge=1)
-    cvat_retry_backoff_seconds: float = Field(1.0, ge=0)
-    cvat_retry_backoff_max_seconds: float = Field(30.0, ge=0)
+    # CVAT (the connection fields are CvatSettings').
     #: Frame quality fetched from CVAT: "original" or "compressed".
     cvat_frame_quality: Literal["original", "compressed"] = "original"
+
+    # Local folders as targets (CvatRef.url = file://<root>, see folder_target).
+    #: Whether a run may read <root>/images/default/ and write
+    #: <root>/annotations/instances_default.json instead of a CVAT task.
+    inference_allow_file_targets: bool = True
+    #: When set, every file:// target must lie at or under this folder.
+    inference_file_target_root: Path | None = None
 
     # Access.
     #: YAML file of bearer tokens and their namespaces (see preannotate.auth);
@@ -90,14 +86,6 @@ class InferenceSettings(ServiceSettings):
     inference_grpc_port: int = Field(50052, ge=0, le=65535)
     #: The Nuclio dashboard API that CVAT's lambda manager calls (CVAT_NUCLIO_PORT).
     nuclio_port: int = Field(8070, ge=0, le=65535)
-
-    @field_validator("cvat_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL, e.g. http://cvat:8080")
-        return value.rstrip("/")
 
     @field_validator("tfserving_address")
     @classmethod

@@ -1,5 +1,10 @@
 """Fixtures of the inference tests: tiny real models (built once, cached on disk),
-storages holding them as the converter publishes them, and the stand-ins."""
+storages holding them as the converter publishes them, and the stand-ins.
+
+``cvat``, ``storage`` and ``app`` are one per test module (each test makes its
+own CVAT tasks and folders; the models load once); a module may define its own
+``storage`` with other models.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.inference import modelfactory
+from tests.inference import helpers, modelfactory
 
 #: Per-test limit while a fixture model still has to be trained (minutes on 2 cores).
 BUILD_TIMEOUT = 2400
@@ -34,16 +39,33 @@ def maskrcnn_dir() -> Path:
     return modelfactory.cached("maskrcnn") / "1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def cvat() -> AsyncIterator:
+    """One CVAT stand-in for the module (each test makes its own tasks)."""
     from tests.standins.cvat import CvatStandIn
 
-    server = CvatStandIn(tokens={"secret-token"})
-    await server.start()
-    try:
+    async with CvatStandIn(tokens={helpers.TOKEN}) as server:
         yield server
-    finally:
-        await server.stop()
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory, retinanet_dir, maskrcnn_dir):
+    """default/shapes/1 (the RetinaNet) and default/cells/1 (the Mask R-CNN), published."""
+    from preannotate.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path_factory.mktemp("models") / "storage")
+    helpers.publish_model(storage, retinanet_dir, name="shapes")
+    helpers.publish_model(storage, maskrcnn_dir, name="cells", has_masks=True)
+    return storage
+
+
+@pytest.fixture(scope="module")
+async def app(storage, cvat, tmp_path_factory) -> AsyncIterator:
+    """One started service core for the module, on ``storage`` and ``cvat``."""
+    settings = helpers.make_settings(tmp_path_factory.mktemp("app"), cvat_url=cvat.url)
+    app, _bus = await helpers.start_app(settings, storage)
+    yield app
+    await app.stop()
 
 
 @pytest.fixture

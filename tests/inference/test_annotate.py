@@ -5,41 +5,14 @@ from __future__ import annotations
 import pytest
 
 from preannotate.errors import InvalidArgument, NotFound
-from preannotate.storage import LocalStorage
 from preannotate.v1 import common_pb2, events_pb2
 from services.inference.app import AnnotationJob
-from tests.inference.helpers import iou, make_settings, publish_model, start_app, truth_boxes
+from tests.inference.helpers import iou, make_settings, start_app, truth_boxes
 from tests.standins.cvat import decode_cvat_mask, make_shapes_dataset, shapes_labels
 
 pytestmark = pytest.mark.tf
 
 REPLACE, APPEND = events_pb2.ANNOTATE_MODE_REPLACE, events_pb2.ANNOTATE_MODE_APPEND
-
-
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory, retinanet_dir, maskrcnn_dir):
-    storage = LocalStorage(tmp_path_factory.mktemp("annotate") / "storage")
-    publish_model(storage, retinanet_dir, name="shapes")
-    publish_model(storage, maskrcnn_dir, name="cells", has_masks=True)
-    return storage
-
-
-@pytest.fixture(scope="module")
-async def cvat():
-    """One CVAT stand-in for the module (each test makes its own tasks)."""
-    from tests.standins.cvat import CvatStandIn
-
-    async with CvatStandIn(tokens={"secret-token"}) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def app(storage, cvat, tmp_path_factory):
-    """One started service core for the module: the model loads once."""
-    settings = make_settings(tmp_path_factory.mktemp("app"), cvat_url=cvat.url)
-    app, _bus = await start_app(settings, storage)
-    yield app
-    await app.stop()
 
 
 def _job(task_id, *, mode=APPEND, model="shapes", threshold=0.5, job_id=0, org=""):
@@ -175,7 +148,7 @@ async def test_cvat_errors_are_retried_and_a_dead_frame_skipped(app, cvat):
     cvat.fail("PATCH", r"/annotations", status=502, times=1)
     done = await app.annotate(_job(task_id))
     assert [s.frame for s in done.skipped] == [4]
-    assert "failed GET" in done.skipped[0].reason and "500" in done.skipped[0].reason
+    assert "answered 500" in done.skipped[0].reason and "GET /api/tasks" in done.skipped[0].reason
     assert done.frames_done == 11
     assert done.shapes_written == len(cvat.annotations(task_id))
 

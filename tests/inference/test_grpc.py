@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -26,15 +27,6 @@ def storage(tmp_path_factory, retinanet_dir):
     publish_model(storage, retinanet_dir, name="shapes")
     publish_model(storage, retinanet_dir, namespace="team-b", name="other", version=4)
     return storage
-
-
-@pytest.fixture(scope="module")
-async def cvat():
-    """One CVAT stand-in for the module (each test makes its own tasks)."""
-    from tests.standins.cvat import CvatStandIn
-
-    async with CvatStandIn(tokens={"secret-token"}) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +166,35 @@ async def test_annotate_task_streams_progress_and_publishes(served, cvat):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     failed = events_pb2.JobStatus.FromString(bus.records(topics.JOB_STATUS)[-1].value)
     assert failed.state == events_pb2.JOB_STATE_FAILED
+
+
+async def test_annotate_task_on_a_local_folder(served, tmp_path):
+    """cvat.url = file://<root>: the images of <root>/images/default/ are pre-annotated
+    into <root>/annotations/instances_default.json, with the same progress stream."""
+    stub, _, bus = served
+    images, _ = make_shapes_dataset(5, size=(160, 120), seed=94)
+    folder = tmp_path / "heldout" / "images" / "default"
+    folder.mkdir(parents=True)
+    for i, (name, data) in enumerate(images):
+        (folder / name).write_bytes(data if i != 1 else data[:40])  # frame 1: truncated
+    request = inference_pb2.AnnotateTaskRequest(
+        model=SHAPES,
+        cvat=common_pb2.CvatRef(url=(tmp_path / "heldout").as_uri()),
+        threshold=0.5,
+        mode=events_pb2.ANNOTATE_MODE_REPLACE,
+        job_id="ann-folder",
+    )
+    updates = [u async for u in stub.AnnotateTask(request)]
+    last = updates[-1]
+    assert last.done and (last.frames_total, last.frames_done, last.frames_skipped) == (5, 4, 1)
+    [skip] = [s for u in updates for s in u.skipped]
+    assert skip.frame == 1 and images[1][0] in skip.reason
+    written = json.loads((tmp_path / "heldout/annotations/instances_default.json").read_text())
+    assert len(written["annotations"]) == last.shapes_written > 0
+    records = [events_pb2.TaskPreannotated.FromString(r.value)
+               for r in bus.records(topics.TASK_PREANNOTATED)]  # fmt: skip
+    [done] = [r for r in records if r.job_id == "ann-folder"]
+    assert done.cvat.url == request.cvat.url and done.shapes_written == last.shapes_written
 
 
 async def test_a_client_that_leaves_stops_the_run(served, cvat):

@@ -25,6 +25,7 @@ import numpy as np
 from preannotate import keys
 from preannotate.errors import FailedPrecondition, NotFound
 from preannotate.storage import MANIFEST, Storage
+from services.inference import metrics
 from services.inference.backends.base import (
     ImageInput,
     RawOutput,
@@ -111,6 +112,10 @@ class InProcessBackend:
 
     async def close(self) -> None:
         self._loaded.clear()
+        self._count()
+
+    def _count(self) -> None:
+        metrics.MODELS_LOADED.labels(self.name).set(len(self._loaded))
 
     async def sync(self) -> None:
         return None  # models load on first use
@@ -164,6 +169,7 @@ class InProcessBackend:
                 self._loading.pop(key, None)
             self._loaded[key] = loaded
             self._evict(keep=key)
+            self._count()
             pending.set_result(loaded)
             return loaded
         return await asyncio.shield(pending)

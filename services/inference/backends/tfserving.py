@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from preannotate.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.inference import metrics
 from services.inference.backends.base import (
     ImageInput,
     RawOutput,
@@ -195,6 +196,9 @@ class TfServingBackend:
                 )
             self.reloads += 1
             self.last_config = config
+            served = sum(len(c.model_version_policy.specific.versions)
+                         for c in config.model_config_list.config)  # fmt: skip
+            metrics.MODELS_LOADED.labels(self.name).set(served)
 
     async def wait_available(self, model: ModelEntry) -> None:
         """Poll GetModelStatus until ``model`` is AVAILABLE; errors name why not."""

@@ -73,9 +73,9 @@ NOTES = {
     "PREANNOTATE_TLS_KEY_FILE": "PEM private key of PREANNOTATE_TLS_CERT_FILE.",
     "PREANNOTATE_GATEWAY_GRPC_PORT": "Port of TrainingService (gRPC); 0 picks a free one.",
     "PREANNOTATE_GATEWAY_HTTP_PORT": "Port of the CVAT webhook endpoint (HTTP); 0 picks a free one.",
-    "PREANNOTATE_BATCH_SIZE": "Most images per model call.",
-    "PREANNOTATE_DEFAULT_THRESHOLD": "Score threshold of shapes written to CVAT when a request names none.",
-    "PREANNOTATE_GRPC_PORT": "Port of InferenceService (gRPC); 0 picks a free one.",
+    "PREANNOTATE_INFERENCE_BATCH_SIZE": "Most images per model call.",
+    "PREANNOTATE_INFERENCE_DEFAULT_THRESHOLD": "Score threshold of shapes written to CVAT when a request names none.",
+    "PREANNOTATE_INFERENCE_GRPC_PORT": "Port of InferenceService (gRPC); 0 picks a free one.",
 }
 BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"

@@ -53,7 +53,6 @@ async def follow(runtime, job_id: str, console: Console, title: str) -> events_p
     """Show the job's stages as progress bars until it ends; returns its last status."""
     view = runtime.status_view
     bars: dict[int, int] = {}
-    started: dict[int, float] = {}
     last = None
     columns = (
         TextColumn("{task.description:<14}"),
@@ -67,15 +66,13 @@ async def follow(runtime, job_id: str, console: Console, title: str) -> events_p
             last = status
             stage = status.stage
             if stage not in bars:
-                for other, task in bars.items():  # earlier stages are done
-                    total = bar.tasks[task].total or 1
-                    bar.update(task, completed=total, total=total)
-                    runtime_s = time.monotonic() - started[other]
-                    bar.update(task, note=f"done in {runtime_s:.0f} s")
-                bars[stage] = bar.add_task(
-                    f"{title} {STAGE_TITLES.get(stage, stage_name(stage))}", total=None, note=""
-                )
-                started[stage] = time.monotonic()
+                for task in bars.values():  # the earlier stages are done
+                    if not bar.tasks[task].finished:
+                        total = bar.tasks[task].total or 1
+                        bar.update(task, completed=total, total=total, note="done")
+                        bar.stop_task(task)
+                name = STAGE_TITLES.get(stage, stage_name(stage))
+                bars[stage] = bar.add_task(f"{title} {name}", total=None, note="")
             p = status.progress
             note = status.message[:60]
             if p.total:

@@ -41,7 +41,8 @@ def cvat_mask_points(mask: np.ndarray, box: tuple[int, int, int, int]) -> list[i
 def outline(mask: np.ndarray, left: int, top: int) -> list[float]:
     """The outline of a mask's largest part as polygon points in image pixels.
 
-    Empty when the part is too small to make a polygon of three points.
+    A part too thin to outline (a pixel, a line) gives the rectangle around its
+    pixels, so a non-empty mask always has a polygon; an empty mask gives ``[]``.
     """
     import cv2
 
@@ -51,8 +52,10 @@ def outline(mask: np.ndarray, left: int, top: int) -> list[float]:
         return []
     contour = max(contours, key=cv2.contourArea)
     contour = cv2.approxPolyDP(contour, 0.5, True).reshape(-1, 2)
-    if len(contour) < 3:
-        return []
+    if len(contour) < 3 or cv2.contourArea(contour) == 0:
+        xs, ys = contour[:, 0] + left - 1, contour[:, 1] + top - 1
+        x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        return [float(v) for v in (x1, y1, x2, y1, x2, y2, x1, y2)]
     # Contour points are pixel centres of the padded mask; shift to image pixels.
     points = contour.astype(np.float64) + np.array([left - 1, top - 1])
     return [round(float(v), 2) for v in points.ravel()]
@@ -64,7 +67,7 @@ def cvat_shape(
     """One CVAT shape for ``det`` on ``frame``; ``kind`` is rectangle, mask or polygon.
 
     A mask or polygon asked of a detection without a mask gives its rectangle;
-    a polygon too small to draw gives None.
+    a detection whose mask is empty gives None.
     """
     shape: dict[str, Any] = {
         "type": "rectangle",

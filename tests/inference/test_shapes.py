@@ -64,6 +64,15 @@ def test_outline_follows_the_mask():
     assert outline(np.zeros((4, 4), bool), 0, 0) == []
 
 
+def test_a_mask_too_thin_to_outline_gets_the_rectangle_around_its_pixels():
+    dot = np.zeros((4, 6), bool)
+    dot[2, 3] = True
+    assert outline(dot, left=10, top=20) == [13, 22, 14, 22, 14, 23, 13, 23]
+    line = np.zeros((4, 6), bool)
+    line[1, 1:5] = True  # one row: its contour has no area
+    assert outline(line, left=0, top=0) == [1, 1, 5, 1, 5, 2, 1, 2]
+
+
 def test_rectangle_shape_in_pixels_with_source_and_score():
     det = Detected("square", 2, 0.876543, (0.25, 0.5, 0.75, 1.0))
     shape = cvat_shape(det, frame=4, width=200, height=100, label_id=11, kind="rectangle")

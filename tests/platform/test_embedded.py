@@ -36,8 +36,13 @@ async def test_up_serves_every_service_in_one_process(tmp_path):
     await runtime.start()
     try:
         routes = {w.route.topic for w in runtime.workers}
-        assert {"task.annotated", "train.jobs.cpu", "model.trained", "model.converted",
-                "annotation.requested"} <= routes
+        assert {
+            "task.annotated",
+            "train.jobs.cpu",
+            "model.trained",
+            "model.converted",
+            "annotation.requested",
+        } <= routes
         for name in ("gateway", "inference"):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_ports[name]}") as ch:
                 reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())

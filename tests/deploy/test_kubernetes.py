@@ -227,7 +227,10 @@ def test_every_pool_has_a_trainer_and_a_scaler(rendered, overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes(rendered, overlay: str) -> None:
-    grpc_ports = {"gateway": "PREANNOTATE_GATEWAY_GRPC_PORT", "inference": "PREANNOTATE_INFERENCE_GRPC_PORT"}
+    grpc_ports = {
+        "gateway": "PREANNOTATE_GATEWAY_GRPC_PORT",
+        "inference": "PREANNOTATE_INFERENCE_GRPC_PORT",
+    }
     seen = set()
     for dep, c in containers(rendered[overlay]):
         component = dep["metadata"]["labels"]["app.kubernetes.io/component"]

@@ -262,6 +262,7 @@ def _train(
     from services.trainer import training
 
     strategy = training.make_strategy(plan.num_clones)
+    details["devices"] = ",".join(strategy.extended.worker_devices)
     session = training.Session(
         params, strategy, folder.checkpoints, keep_checkpoints=settings.trainer_keep_checkpoints
     )

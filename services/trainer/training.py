@@ -64,15 +64,23 @@ class TrainOutcome:
 
 
 def make_strategy(num_clones: int) -> tf.distribute.Strategy:
-    """MirroredStrategy over the first ``num_clones`` GPUs; one CPU device without GPUs."""
+    """MirroredStrategy over the first ``num_clones`` GPUs; one CPU device without GPUs.
+
+    Without GPUs, ``num_clones > 1`` runs over logical CPU devices when the process
+    has split its CPU into that many (``tf.config.set_logical_device_configuration``):
+    the same replicated step as on GPUs, which is how the tests check it.
+    """
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        if num_clones > 1:
+        if num_clones == 1:
+            return tf.distribute.OneDeviceStrategy("/cpu:0")
+        cpus = tf.config.list_logical_devices("CPU")
+        if len(cpus) < num_clones:
             raise FailedPrecondition(
                 f"num_clones={num_clones}, and this trainer sees no GPU: check the machine type "
                 "of the pool (PREANNOTATE_MACHINE_TYPES) against the worker's hardware"
             )
-        return tf.distribute.OneDeviceStrategy("/cpu:0")
+        return tf.distribute.MirroredStrategy(devices=[d.name for d in cpus[:num_clones]])
     if num_clones > len(gpus):
         raise FailedPrecondition(
             f"num_clones={num_clones}, and this trainer sees {len(gpus)} GPU(s)"
@@ -311,6 +319,11 @@ class Session:
 
     def _evaluate(self, summary_dir: Path | None) -> dict[str, float]:
         task, model, strategy = self.task, self.model, self.strategy
+        if strategy.num_replicas_in_sync > 1:
+            # Evaluate on one device: the last, partial batch split over several replicas
+            # leaves some of them an empty batch, which the models' batch norm refuses.
+            # (The default strategy, outside any scope: reads the mirrored variables.)
+            strategy = tf.distribute.get_strategy()
         metrics = task.build_metrics(training=False)
         dataset = strategy.distribute_datasets_from_function(
             lambda context: task.build_inputs(self.params.task.validation_data, context)

@@ -37,9 +37,9 @@ def test_quickstart_runs_the_whole_loop_and_scores_the_held_out_images(tmp_path)
         "--workdir", str(work),
         "--images", "32",
         "--held-out", "4",
-        "--size", "64",
-        "--args", "epochs=12;batch_size=4;input_size=64;warmup_steps=2;checkpoint_every=6",
-        "--threshold", "0.01",
+        "--size", "96",
+        "--args", "epochs=12;batch_size=4;input_size=128;warmup_steps=2;checkpoint_every=6",
+        "--threshold", "0.05",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -62,12 +62,17 @@ def test_quickstart_runs_the_whole_loop_and_scores_the_held_out_images(tmp_path)
         f"images/default/{image['file_name']}" for image in truth["images"]
     )
     assert {c["name"] for c in coco["categories"]} == {c["name"] for c in truth["categories"]}
+    assert sorted(i["file_name"] for i in coco["images"]) == sorted(
+        i["file_name"] for i in truth["images"]
+    )
     image_ids = {image["id"] for image in coco["images"]}
     category_ids = {c["id"] for c in coco["categories"]}
-    assert coco["annotations"]  # after 12 steps scores are low, but above 0.01
+    # 12 steps find little or nothing (the writing of shapes is tested in
+    # tests/inference/test_folder_target.py); what is written is what was scored.
+    assert len(coco["annotations"]) == scores["detections"]
     for ann in coco["annotations"]:
         assert ann["image_id"] in image_ids and ann["category_id"] in category_ids
-        assert ann["score"] >= 0.01 and ann["attributes"]["source"] == "auto"
+        assert 0.05 <= ann["score"] <= 1 and ann["attributes"]["source"] == "auto"
 
     # Every artefact where it says: dataset, checkpoints, metrics, SavedModel, log.
     storage = work / "storage" / "quickstart"

@@ -15,6 +15,9 @@ A server that cannot start makes the tests that need it ERROR with the reason;
 they are never skipped. Tests that use a server get the ``kafka`` or ``s3``
 marker, so ``-m "not kafka"`` deselects them. Area-specific fixtures belong in
 tests/<area>/conftest.py.
+
+The areas that train models run last (``HEAVY_AREAS``); the model fixtures they
+need are built in the background from the start (tests/prebuild.py).
 """
 
 from __future__ import annotations
@@ -53,13 +56,41 @@ def script(name: str) -> ModuleType:
     return module
 
 
+#: Areas run after the others, in this order: they train models and keep both cores
+#: busy, while the light areas leave CPU idle for the model fixtures that
+#: tests/prebuild.py builds in the background meanwhile.
+HEAVY_AREAS = ("trainer", "quickstart", "converter", "inference")
+
+
+def _area_rank(item: pytest.Item) -> int:
+    parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+    area = parts[0] if len(parts) > 1 else ""
+    return HEAVY_AREAS.index(area) + 1 if area in HEAVY_AREAS else 0
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_area_rank)  # stable: within an area, the usual order
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "kafka_bootstrap" in names:
             item.add_marker(pytest.mark.kafka)
         if "s3_endpoint" in names:
             item.add_marker(pytest.mark.s3)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the model fixtures the selected tests need (tests/prebuild.py)."""
+    if session.config.option.collectonly:
+        return
+    from tests import prebuild
+
+    prebuild.submit_for(session.items)
+
+
+def pytest_sessionfinish() -> None:
+    from tests import prebuild
+
+    prebuild.shutdown()
 
 
 @pytest.fixture(scope="session")

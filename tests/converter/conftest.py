@@ -23,6 +23,7 @@ from preannotate.storage import LocalStorage
 from preannotate.v1 import events_pb2
 from services.converter.handlers import handle_model_trained
 from services.converter.settings import ConverterSettings
+from tests import prebuild
 from tests.converter import trained
 from tests.fakes import FakeContext
 
@@ -68,14 +69,18 @@ def convert(folder: Path, tmp: Path, **overrides) -> Converted:
     return Converted(storage, msg, settings, ctx, outcome)
 
 
+prebuild.register("ssd_trained", lambda: trained.cached("ssd"))
+prebuild.register("mask_trained", lambda: trained.cached("maskrcnn"))
+
+
 @pytest.fixture(scope="session")
 def ssd_trained() -> Path:
-    return trained.cached("ssd")
+    return prebuild.result("ssd_trained")
 
 
 @pytest.fixture(scope="session")
 def mask_trained() -> Path:
-    return trained.cached("maskrcnn")
+    return prebuild.result("mask_trained")
 
 
 @pytest.fixture(scope="session")

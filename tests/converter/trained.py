@@ -128,8 +128,10 @@ def cache_root() -> Path:
     return Path(tempfile.gettempdir()) / "preannotate-converter-fixtures"
 
 
-def cached(kind: str, timeout: float = 1200) -> Path:
+def cached(kind: str, timeout: float = 3600) -> Path:
     """The folder holding ``storage/`` and ``event.json`` for ``kind``, built once."""
+    # The timeout is generous: a background build (tests/prebuild.py) runs at a low
+    # priority and may wait behind busy tests before it gets the CPU.
     base = cache_root() / f"{kind}-{_digest(kind)}"
     if (base / "event.json").exists():
         return base

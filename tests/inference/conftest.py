@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import prebuild
 from tests.inference import helpers, modelfactory
 
 #: Per-test limit while a fixture model still has to be trained (minutes on 2 cores).
@@ -27,16 +28,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT))
 
 
+prebuild.register("retinanet_dir", lambda: modelfactory.cached("retinanet"))
+prebuild.register("maskrcnn_dir", lambda: modelfactory.cached("maskrcnn"))
+
+
 @pytest.fixture(scope="session")
 def retinanet_dir() -> Path:
     """Version folder of the tiny RetinaNet (classes circle, square; boxes normalised)."""
-    return modelfactory.cached("retinanet") / "1"
+    return prebuild.result("retinanet_dir") / "1"
 
 
 @pytest.fixture(scope="session")
 def maskrcnn_dir() -> Path:
     """Version folder of the tiny Mask R-CNN (boxes in input pixels, 28x28 masks)."""
-    return modelfactory.cached("maskrcnn") / "1"
+    return prebuild.result("maskrcnn_dir") / "1"
 
 
 @pytest.fixture(scope="module")

@@ -268,8 +268,10 @@ def is_cached(kind: str) -> bool:
     return (cached_base(kind) / "DONE").exists()
 
 
-def cached(kind: str, timeout: float = 1500) -> Path:
+def cached(kind: str, timeout: float = 3600) -> Path:
     """The model base folder (holding ``1/``) for ``kind``, built once per content hash."""
+    # The timeout is generous: a background build (tests/prebuild.py) runs at a low
+    # priority and may wait behind busy tests before it gets the CPU.
     base = cached_base(kind)
     if (base / "DONE").exists():
         return base

@@ -44,16 +44,23 @@ S3_SECRET_KEY = "testing"
 _NAME_PREFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 
 
-@cache
-def script(name: str) -> ModuleType:
-    """Import ``scripts/<name>.py`` (scripts/ is not a package)."""
-    module_name = f"_preannotate_scripts_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, SCRIPTS / f"{name}.py")
+def load_file(path: Path, module_name: str) -> ModuleType:
+    """Import the Python file ``path`` as ``module_name`` (for scripts/ and deploy/, which
+    are not packages); registered in ``sys.modules`` first, where dataclasses look."""
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@cache
+def script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (scripts/ is not a package)."""
+    return load_file(SCRIPTS / f"{name}.py", f"_preannotate_scripts_{name}")
 
 
 #: Areas run after the others, in this order: they train models and keep both cores

@@ -136,6 +136,9 @@ class _Ctx:
     def cancel_requested(self) -> bool:
         return False
 
+    def stop_requested(self) -> bool:
+        return False
+
 
 def run_full(name: str, input_size: int | None, work: Path, images: int) -> dict[str, Any]:
     from preannotate import keys

@@ -74,7 +74,8 @@ async def _raw(backend: Any, model: Any, images: list, batch_size: int) -> float
 async def _naive(app: Any, cvat: Any, task_id: int, model: Any, threshold: float) -> float:
     from preannotate.v1 import common_pb2
     from services.inference import images as decoding
-    from services.inference.annotate import frame_jobs, label_ids
+    from services.inference.annotate import label_ids
+    from services.inference.cvat_target import frame_jobs
     from services.inference.postprocess import detections
     from services.inference.shapes import cvat_shape
 

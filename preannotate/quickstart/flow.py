@@ -147,8 +147,7 @@ async def run_loop(runtime, loop: Loop, console: Console, timeout: float) -> dic
             )
         result = await _first(done, annotate_job, timeout=60)
         loop.timings["annotate"] = time.monotonic() - t1
-        trained = runtime.status_view.get(train_job)
-        return {"converted": model_event, "preannotated": result, "train_status": trained}
+        return {"converted": model_event, "preannotated": result}
     finally:
         for consumer in (converted, done):
             with contextlib.suppress(Exception):

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from preannotate.cvat import coco_document, coco_image
+
 CLASSES = ("circle", "square", "triangle")
 
 
@@ -123,20 +125,10 @@ def make_dataset(n: int, size: int = 128, seed: int = 0, classes=CLASSES) -> lis
 def coco_json(samples: list[Sample], classes=CLASSES) -> dict:
     """COCO 1.0 as CVAT writes it (category ids from 1 in label order)."""
     cat_ids = {name: i + 1 for i, name in enumerate(classes)}
-    images, annotations = [], []
+    doc = coco_document(classes)
+    images, annotations = doc["images"], doc["annotations"]
     for img_id, s in enumerate(samples, start=1):
-        images.append(
-            {
-                "id": img_id,
-                "file_name": s.name,
-                "width": s.width,
-                "height": s.height,
-                "license": 0,
-                "flickr_url": "",
-                "coco_url": "",
-                "date_captured": 0,
-            }
-        )
+        images.append(coco_image(img_id, s.name, s.width, s.height))
         for shape in s.shapes:
             x, y, w, h = shape.box
             annotations.append(
@@ -151,20 +143,7 @@ def coco_json(samples: list[Sample], classes=CLASSES) -> dict:
                     "attributes": {"occluded": False},
                 }
             )
-    return {
-        "licenses": [{"name": "", "id": 0, "url": ""}],
-        "info": {
-            "contributor": "",
-            "date_created": "",
-            "description": "",
-            "url": "",
-            "version": "",
-            "year": "",
-        },
-        "categories": [{"id": i, "name": n, "supercategory": ""} for n, i in cat_ids.items()],
-        "images": images,
-        "annotations": annotations,
-    }
+    return doc
 
 
 def write_cvat_export(samples: list[Sample], path: Path, classes=CLASSES) -> Path:

@@ -81,11 +81,16 @@ class PrefixWriter:
             raise ValueError("the manifest is written by commit()")
         key = join(self.prefix, name)
         self.storage.upload_file(key, Path(path))
+        self.record(name, path)
+        return key
+
+    def record(self, name: str, path: Path) -> None:
+        """List a file already stored under the prefix by other means (the trainer's
+        checkpoints), with the size and hash of its local copy ``path``."""
         self.files[check_relative(name)] = {
             "size": os.path.getsize(path),
             "sha256": _sha256_file(Path(path)),
         }
-        return key
 
     def upload_tree(self, root: Path, under: str = "") -> list[str]:
         """Upload every file below ``root`` (relative names kept)."""

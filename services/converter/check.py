@@ -91,8 +91,9 @@ def check_export(request: CheckRequest) -> dict[str, Any]:
     encoded = [path.read_bytes() for path in request.images]
     batch = loaded.signatures[serving.BYTES_SIGNATURE](inputs=tf.constant(encoded))
     for key, value in batch.items():
+        array = value.numpy()
         for i in range(len(encoded)):
-            outputs[f"bytes/{i}/{key}"] = value.numpy()[i : i + 1]
+            outputs[f"bytes/{i}/{key}"] = array[i : i + 1]
     tensor_fn = loaded.signatures[serving.TENSOR_SIGNATURE]
     for i, data in enumerate(encoded):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)

@@ -27,9 +27,9 @@ import numpy as np
 import tensorflow as tf
 from official.vision.serving import detection
 
+from preannotate.classes import parse_classes
 from preannotate.errors import FailedPrecondition, InvalidArgument
 from services.converter import module as serving
-from services.converter.classes import parse_classes
 
 
 @dataclass(frozen=True)

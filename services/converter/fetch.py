@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from preannotate import classes as class_list
 from preannotate import keys
 from preannotate.errors import FailedPrecondition, InvalidArgument, NotFound
 from preannotate.storage import Storage, is_complete
 from preannotate.v1 import events_pb2
-from services.converter.classes import parse_classes, render_classes
 
 EXPERIMENT = "experiment.yaml"
 CLASSES = "classes.csv"
@@ -124,14 +124,14 @@ def fetch_model(
     classes_csv = out / CLASSES
     try:
         storage.download_file(keys.join(place.model_prefix, CLASSES), classes_csv)
-        classes = parse_classes(classes_csv.read_text())
+        classes = class_list.parse_classes(classes_csv.read_text())
     except NotFound:
         if not msg.classes:
             raise InvalidArgument(
                 f"model {place.model_prefix} has no {CLASSES} and the event lists no classes"
             ) from None
         classes = list(msg.classes)
-        classes_csv.write_bytes(render_classes(classes))
+        classes_csv.write_bytes(class_list.classes_csv(classes).encode())
     if msg.classes and list(msg.classes) != classes:
         raise InvalidArgument(
             f"the event's classes {list(msg.classes)} differ from {CLASSES} {classes}"

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from preannotate import topics
+from preannotate.classes import parse_classes
 from preannotate.errors import Cancelled, FailedPrecondition
 from preannotate.handler import Context, Outcome
 from preannotate.keys import check_name
 from preannotate.storage import read_manifest
 from preannotate.v1 import events_pb2
 from services.converter import fetch, parity, process, publish, samples
-from services.converter.classes import parse_classes
 from services.converter.settings import ConverterSettings
 
 STAGE = events_pb2.JOB_STAGE_CONVERT
@@ -118,7 +118,7 @@ async def handle_model_trained(
     async def status(text: str, details: dict[str, str] | None = None) -> None:
         await ctx.report(stage=STAGE, message=text, details=details)
 
-    stop = getattr(ctx, "stop_requested", None) or (lambda: False)
+    stop = ctx.stop_requested
 
     async def worker(command: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:
         return await process.run_worker(

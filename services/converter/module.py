@@ -28,12 +28,11 @@ from preannotate.errors import InvalidArgument
 
 #: Input kind of ``get_inference_signatures`` -> signature name.
 SIGNATURES = {"image_bytes": "serving_default", "image_tensor": "serving_image_tensor"}
-BYTES_SIGNATURE = "serving_default"
-TENSOR_SIGNATURE = "serving_image_tensor"
+BYTES_SIGNATURE = SIGNATURES["image_bytes"]
+TENSOR_SIGNATURE = SIGNATURES["image_tensor"]
 #: Outputs every signature has; Mask R-CNN adds ``detection_masks``.
 OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 MASKS = "detection_masks"
-CLASSES_ASSET = "classes.csv"
 
 
 def has_masks(params) -> bool:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from preannotate.classes import classes_csv
 from preannotate.errors import InvalidArgument
 from services.exporter import labelmap
 from services.exporter.coco import CocoExport, ImageRecord, Instance
@@ -391,7 +392,7 @@ def convert_export(
         raise
 
     (out_dir / "label_map.pbtxt").write_text(labelmap.label_map_pbtxt(classes), encoding="utf-8")
-    (out_dir / "classes.csv").write_text(labelmap.classes_csv(classes), encoding="utf-8")
+    (out_dir / "classes.csv").write_text(classes_csv(classes), encoding="utf-8")
     (out_dir / "images.csv").write_text(_images_csv(rows), encoding="utf-8")
     return ConvertResult(
         classes=classes,

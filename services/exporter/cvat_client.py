@@ -31,16 +31,12 @@ from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from preannotate import cvat
-from preannotate.cvat import origin
 from preannotate.errors import Cancelled, FailedPrecondition, InvalidArgument, Unavailable
 
 EXPORT_FORMAT = "COCO 1.0"
 _CHUNK = 1 << 20
 T = TypeVar("T")
 StatusCallback = Callable[[str], Awaitable[None]]
-
-# ``origin`` (preannotate.cvat) is imported from here by ``source``.
-__all__ = ["EXPORT_FORMAT", "CvatConfig", "CvatExporter", "origin"]
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
+from preannotate.cvat import file_ref_path, is_file_ref, origin
 from preannotate.errors import InvalidArgument, NotFound
 from preannotate.v1 import common_pb2
-from services.exporter.cvat_client import CvatConfig, CvatExporter, origin
+from services.exporter.cvat_client import CvatConfig, CvatExporter
 from services.exporter.settings import ExporterSettings
 
 StatusCallback = Callable[[str], Awaitable[None]]
@@ -40,24 +40,17 @@ class Archive:
 
 
 def cvat_config(settings: ExporterSettings, organization: str = "") -> CvatConfig:
-    return CvatConfig(
-        url=settings.cvat_url,
-        token=settings.cvat_token.get_secret_value(),
-        auth_scheme=settings.cvat_auth_scheme,
-        organization=organization or settings.cvat_organization,
-        verify_tls=settings.cvat_verify_tls,
-        request_timeout=settings.cvat_request_timeout_seconds,
+    return CvatConfig.from_settings(
+        settings,
+        organization,
         export_timeout=settings.cvat_export_timeout_seconds,
         poll_interval=settings.cvat_poll_interval_seconds,
-        retry_attempts=settings.cvat_retry_attempts,
-        backoff=settings.cvat_retry_backoff_seconds,
-        backoff_max=settings.cvat_retry_backoff_max_seconds,
         max_archive_bytes=settings.export_max_archive_bytes,
     )
 
 
 def is_file_source(cvat: common_pb2.CvatRef) -> bool:
-    return cvat.url.startswith("file://")
+    return is_file_ref(cvat.url)
 
 
 def local_archive(url: str, settings: ExporterSettings) -> Path:
@@ -66,19 +59,9 @@ def local_archive(url: str, settings: ExporterSettings) -> Path:
         raise InvalidArgument(
             f"{url!r}: importing local files is off (PREANNOTATE_EXPORT_ALLOW_FILE_IMPORT)"
         )
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise InvalidArgument(f"{url!r}: a file:// URL must name a local path (file:///...)")
-    path = Path(unquote(parts.path))
-    if not path.is_absolute():
-        raise InvalidArgument(f"{url!r}: a file:// URL must hold an absolute path")
-    resolved = path.resolve()
-    root = settings.export_file_import_root
-    if root is not None and Path(root).resolve() not in resolved.parents:
-        raise InvalidArgument(
-            f"{url!r} is outside {root} (PREANNOTATE_EXPORT_FILE_IMPORT_ROOT): move the archive "
-            "there"
-        )
+    resolved = file_ref_path(
+        url, settings.export_file_import_root, "PREANNOTATE_EXPORT_FILE_IMPORT_ROOT"
+    )
     if not resolved.is_file():
         raise NotFound(f"{url!r}: no such file")
     size = resolved.stat().st_size

@@ -30,8 +30,6 @@ from typing import Any
 from preannotate.errors import InvalidArgument
 from services.inference import images, metrics
 from services.inference.backends.base import ImageInput
-from services.inference.cvat_target import frame_jobs  # noqa: F401  (bench/inference uses it here)
-from services.inference.postprocess import detections
 from services.inference.predictor import Predictor
 from services.inference.registry import ModelEntry
 from services.inference.target import FrameResult, Target, is_frame_problem
@@ -147,9 +145,8 @@ class Annotator:
                     checkpoint()
                 results: list[FrameResult] = []
                 if batch_images:
-                    raws = await self.predictor.raw(model, batch_images)
-                    for frame, image, raw in zip(batch_frames, batch_images, raws, strict=True):
-                        found = detections(raw, model, image.width, image.height, threshold)
+                    founds = await self.predictor.detect(model, batch_images, threshold)
+                    for frame, image, found in zip(batch_frames, batch_images, founds, strict=True):
                         results.append(
                             FrameResult(
                                 frame,

@@ -25,6 +25,7 @@ from preannotate.errors import (
     Unavailable,
 )
 from preannotate.service import Resources
+from preannotate.status import snapshot
 from preannotate.telemetry.logging import get_logger
 from preannotate.v1 import common_pb2, events_pb2
 from services.inference import images, metrics
@@ -38,6 +39,8 @@ from services.inference.settings import InferenceSettings
 from services.inference.target import cvat_client, open_target
 
 SERVICE = "inference"
+#: Least seconds between two progress reports of one run (job status, events).
+REPORT_EVERY_SECONDS = 1.0
 ProgressCallback = Callable[[Progress], Awaitable[None]]
 
 
@@ -206,9 +209,7 @@ class InferenceApp:
             job_id=job.job_id,
             namespace=job.namespace,
             cvat=job.cvat,
-            model=common_pb2.ModelRef(
-                namespace=model.namespace, name=model.name, version=model.version
-            ),
+            model=model.ref,
             frames_total=result.frames_total,
             frames_done=result.frames_done,
             shapes_written=result.shapes_written,
@@ -230,8 +231,6 @@ class InferenceApp:
         async def status(state: int, text: str, progress: Progress | None = None) -> None:
             if writer is None:
                 return
-            from preannotate.status import snapshot
-
             counts = None
             if progress is not None:
                 counts = events_pb2.Progress(step=progress.frames_done, total=progress.frames_total)
@@ -249,8 +248,9 @@ class InferenceApp:
             nonlocal last
             if on_progress is not None:
                 await on_progress(progress)
-            if time.monotonic() - last >= 1.0 and not progress.done:
-                last = time.monotonic()
+            now = time.monotonic()
+            if now - last >= REPORT_EVERY_SECONDS and not progress.done:
+                last = now
                 await status(events_pb2.JOB_STATE_RUNNING, describe(progress), progress)
 
         await status(events_pb2.JOB_STATE_RUNNING, "pre-annotating")

@@ -47,7 +47,6 @@ class CvatClient:
         self.headers = {**config.headers(), "Accept": "application/json"}
         self._session = session
         self._own_session = session is None
-        self.requests = 0
 
     async def __aenter__(self) -> CvatClient:
         return self
@@ -90,7 +89,6 @@ class CvatClient:
         what = f"{method} {urlsplit(url).path}"
 
         async def once() -> Any:
-            self.requests += 1
             try:
                 async with self._open().request(
                     method, url, params=params, json=body, headers=self.headers

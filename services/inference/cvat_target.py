@@ -58,8 +58,6 @@ class CvatTarget:
         self.frame_quality = frame_quality
         self.describe = f"CVAT task {task_id}" + (f" job {job_id}" if job_id else "")
         self.owners: dict[int, int] = {}
-        #: Shapes written per CVAT job id.
-        self.per_job: dict[int, int] = {}
 
     async def labels(self) -> list[dict[str, Any]]:
         return await self.client.labels(self.task_id)
@@ -102,7 +100,6 @@ class CvatTarget:
         written = 0
         for job_id in sorted(shapes):
             count = await self.client.patch_shapes(job_id, "create", shapes[job_id])
-            self.per_job[job_id] = self.per_job.get(job_id, 0) + count
             written += count
         return written
 

@@ -20,10 +20,15 @@ from preannotate.errors import Cancelled, Interrupted
 from preannotate.handler import Context, Outcome
 from preannotate.v1 import events_pb2
 from services.inference.annotate import Progress
-from services.inference.app import AnnotationJob, InferenceApp, describe, describe_done
+from services.inference.app import (
+    REPORT_EVERY_SECONDS,
+    AnnotationJob,
+    InferenceApp,
+    describe,
+    describe_done,
+)
 
 #: Shortest time between two progress snapshots on job.status.
-REPORT_EVERY_SECONDS = 1.0
 
 
 def checkpoint(msg: events_pb2.AnnotationRequested, ctx: Context) -> None:
@@ -32,8 +37,7 @@ def checkpoint(msg: events_pb2.AnnotationRequested, ctx: Context) -> None:
     if ctx.cancel_requested():
         what = msg.cvat.url if is_file_ref(msg.cvat.url) else f"CVAT task {msg.cvat.task_id}"
         raise Cancelled(f"pre-annotation of {what} cancelled")
-    stop_requested = getattr(ctx, "stop_requested", None)
-    if stop_requested is not None and stop_requested():
+    if ctx.stop_requested():
         raise Interrupted("the inference service is shutting down")
 
 

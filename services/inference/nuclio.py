@@ -172,12 +172,7 @@ class NuclioApi:
                 threshold = 0.0 if threshold in (None, "") else float(threshold)
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f'"threshold" {threshold!r} is not a number') from exc
-            ref = common_pb2.ModelRef(
-                namespace=entry.namespace, name=entry.name, version=entry.version
-            )
-            _, width, height, found = await self.app.predict(ref, data, threshold, "image")
-        except PreannotateError as exc:
-            return _error(exc)
-        except Exception as exc:
+            _, width, height, found = await self.app.predict(entry.ref, data, threshold, "image")
+        except Exception as exc:  # a PreannotateError gets its status, any other a 500
             return _error(exc)
         return web.json_response([nuclio_item(d, width, height) for d in found])

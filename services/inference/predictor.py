@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from preannotate.errors import InvalidArgument
@@ -38,7 +39,8 @@ class MicroBatcher:
         self._queue: list[tuple[ImageInput, asyncio.Future[RawOutput]]] = []
         self._drainer: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-        self.batches: list[int] = []  # sizes of the batches run (for tests and metrics)
+        #: Sizes of the latest batches run (for tests and metrics); bounded, the service runs long.
+        self.batches: deque[int] = deque(maxlen=1024)
 
     async def submit(self, image: ImageInput) -> RawOutput:
         future: asyncio.Future[RawOutput] = asyncio.get_running_loop().create_future()

@@ -14,7 +14,7 @@ import contextlib
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,10 @@ class ModelEntry:
         return (self.namespace, self.name, self.version)
 
     @property
+    def ref(self) -> common_pb2.ModelRef:
+        return common_pb2.ModelRef(namespace=self.namespace, name=self.name, version=self.version)
+
+    @property
     def label(self) -> str:
         return f"{self.namespace}/{self.name}/{self.version}"
 
@@ -72,7 +76,7 @@ class ModelEntry:
 
     def to_proto(self) -> common_pb2.Model:
         model = common_pb2.Model(
-            ref=common_pb2.ModelRef(namespace=self.namespace, name=self.name, version=self.version),
+            ref=self.ref,
             model_type=self.model_type,
             classes=list(self.classes),
             metrics=dict(self.metrics),
@@ -191,9 +195,6 @@ class ModelRegistry:
         #: Manifests that could not be read, with why (shown by failed lookups).
         self.broken: dict[str, str] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def add(self, entry: ModelEntry) -> bool:
         """Register ``entry``; False when that version was known already (kept as it was)."""
         if entry.key in self._entries:
@@ -276,7 +277,3 @@ class ModelRegistry:
                 if self.log is not None:
                     self.log.warning("serving manifest skipped", key=key, error=str(exc))
         return out
-
-    def forget(self, entries: Iterable[ModelEntry]) -> None:
-        for e in entries:
-            self._entries.pop(e.key, None)

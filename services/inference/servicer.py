@@ -30,9 +30,7 @@ def predict_response(
 ) -> inference_pb2.PredictResponse:
     return inference_pb2.PredictResponse(
         id=request_id,
-        model=common_pb2.ModelRef(
-            namespace=model.namespace, name=model.name, version=model.version
-        ),
+        model=model.ref,
         image_width=width,
         image_height=height,
         detections=[to_proto(d) for d in found],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 from preannotate import arguments, topics
@@ -168,11 +167,6 @@ class _ThreadReporter:
                 await asyncio.wait_for(asyncio.wrap_future(future), timeout=10)
 
 
-def _flag(ctx: Context, name: str) -> Callable[[], bool]:
-    check = getattr(ctx, name, None)
-    return check if callable(check) else (lambda: False)
-
-
 async def handle_dataset_exported(
     msg: events_pb2.DatasetExported,
     ctx: Context,
@@ -199,8 +193,8 @@ async def handle_dataset_exported(
             spec,
             catalog,
             reporter,
-            should_stop=_flag(ctx, "cancel_requested"),
-            should_interrupt=_flag(ctx, "stop_requested"),
+            should_stop=ctx.cancel_requested,
+            should_interrupt=ctx.stop_requested,
         )
     finally:
         metrics.JOBS_RUNNING.dec()

@@ -20,9 +20,8 @@ from pathlib import Path
 from preannotate.arguments import BaseModelRef
 from preannotate.catalog import Catalog, ModelEntry
 from preannotate.errors import InvalidArgument, NotFound
-from preannotate.keys import model_prefix
 from preannotate.storage import Storage
-from services.trainer import checkpoints, versions
+from services.trainer import versions
 
 STORAGE_SCHEME = "storage:"
 PARTS = ("backbone", "decoder")
@@ -126,8 +125,3 @@ def _fetch_coco(storage: Storage, location: str, cache_dir: Path) -> str:
         key = location[len(STORAGE_SCHEME) :].lstrip("/")
         return _download_checkpoint(storage, key, cache_dir / "coco" / key.replace("/", "_"))
     return location
-
-
-def base_checkpoint_key(namespace: str, name: str, version: int, step: int) -> str:
-    """The checkpoint key a finished model's manifest names."""
-    return checkpoints.checkpoint_key(model_prefix(namespace, name, version), step)

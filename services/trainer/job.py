@@ -19,7 +19,6 @@ the redelivered job resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -29,11 +28,11 @@ from typing import Any, Protocol
 from preannotate import arguments as arguments_lib
 from preannotate.arguments import Arguments, BaseModelRef, Plan
 from preannotate.catalog import Catalog, ModelEntry
+from preannotate.classes import classes_csv
 from preannotate.errors import Interrupted, is_retryable
 from preannotate.keys import check_name, model_prefix
 from preannotate.storage import PrefixWriter, Storage, read_manifest
 from services.trainer import checkpoints, dataset, initialisation, versions
-from services.trainer.classes import classes_csv
 from services.trainer.initialisation import InitSpec
 from services.trainer.progress import TrainProgress
 from services.trainer.settings import TrainerSettings
@@ -122,14 +121,6 @@ class _Folder:
         self.checkpoints = self.model / "checkpoints"
         self.tensorboard = self.model / "tensorboard"
         self.cache = self.root / "cache"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _TensorBoardSync:
@@ -392,10 +383,7 @@ def _finish(
     )
     ckpt_folder = ckpt_key.rsplit("/", 1)[0] + "/"
     for path in sorted(folder.checkpoints.glob(f"ckpt-{step}.*")):
-        writer.files[ckpt_folder[len(prefix) :] + path.name] = {
-            "size": path.stat().st_size,
-            "sha256": _sha256(path),
-        }
+        writer.record(ckpt_folder[len(prefix) :] + path.name, path)
     return writer.commit(
         {
             "kind": MANIFEST_KIND,

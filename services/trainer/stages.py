@@ -10,8 +10,6 @@ A frozen Keras layer also runs its BatchNorm in inference mode.
 
 from __future__ import annotations
 
-LAST_FROZEN = {"heads": None, "stage4+": "block_group_l3", "all": None}
-
 
 def set_stage(model, trains: str) -> None:
     """Set ``trainable`` on ``model``'s backbone for the stage that trains ``trains``."""

@@ -278,8 +278,9 @@ class Session:
                     f"the loss became {loss} at step {step}: lower initial_learning_rate "
                     f"(now {plan.learning_rate:g}) or check the dataset's boxes"
                 )
-            lr = _learning_rate(self.optimizer, step)
+            lr = None  # read from the schedule only on the steps that report it
             if step % summary_every == 0 or step == total:
+                lr = _learning_rate(self.optimizer, step)
                 now = time.monotonic()
                 images = (step - summary_step) * plan.batch_size / max(now - summary_time, 1e-9)
                 summary_time, summary_step = now, step
@@ -293,6 +294,8 @@ class Session:
                 last_saved = step
                 callbacks.on_checkpoint(step)
             if clock.due(step, total, first=first):
+                if lr is None:
+                    lr = _learning_rate(self.optimizer, step)
                 images_per_second, eta = clock.measure(step, total)
                 callbacks.on_progress(
                     TrainProgress(step, total, loss, lr, images_per_second, eta, stage_label)

@@ -24,14 +24,13 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+
+from tests import prebuild
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "default"
@@ -128,35 +127,11 @@ def cache_root() -> Path:
     return Path(tempfile.gettempdir()) / "preannotate-converter-fixtures"
 
 
-def cached(kind: str, timeout: float = 3600) -> Path:
+def cached(kind: str) -> Path:
     """The folder holding ``storage/`` and ``event.json`` for ``kind``, built once."""
-    # The timeout is generous: a background build (tests/prebuild.py) runs at a low
-    # priority and may wait behind busy tests before it gets the CPU.
-    base = cache_root() / f"{kind}-{_digest(kind)}"
-    if (base / "event.json").exists():
-        return base
-    cache_root().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=cache_root()))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.converter.trained", kind, str(tmp)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return prebuild.build_once(
+        "tests.converter.trained", kind, cache_root() / f"{kind}-{_digest(kind)}"
     )
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"training the {kind} fixture failed:\n{proc.stdout}\n{proc.stderr}")
-    try:
-        tmp.rename(base)
-    except OSError:  # another session built it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    for stale in cache_root().glob(f"{kind}-*"):  # fixtures of older trainer code
-        if stale != base:
-            shutil.rmtree(stale, ignore_errors=True)
-    return base
 
 
 def main() -> None:

@@ -9,15 +9,15 @@ need it carry a long timeout.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -30,15 +30,7 @@ BUILD_TIMEOUT = 2400
 
 def load_deploy_module(name: str) -> ModuleType:
     """Import ``deploy/<name>.py`` (deploy/ is not a package)."""
-    module_name = f"preannotate_deploy_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, DEPLOY / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file(DEPLOY / f"{name}.py", f"preannotate_deploy_{name}")
 
 
 @pytest.fixture(scope="session")

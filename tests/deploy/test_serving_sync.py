@@ -19,7 +19,7 @@ import pytest
 
 from preannotate import keys
 from preannotate.storage import PrefixWriter
-from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, load_file
 from tests.deploy.conftest import DEPLOY, REPO, load_deploy_module
 
 SCRIPT = DEPLOY / "k8s" / "base" / "tfserving" / "serving_sync.py"
@@ -28,14 +28,7 @@ pytestmark = pytest.mark.s3
 
 @pytest.fixture(scope="module")
 def sync():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("serving_sync_under_test", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPT, "serving_sync_under_test")
 
 
 @pytest.fixture

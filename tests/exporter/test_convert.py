@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from preannotate.classes import read_classes_csv
 from preannotate.errors import InvalidArgument
 from services.exporter.coco import read_export
 from services.exporter.convert import ConvertOptions, convert_export
-from services.exporter.labelmap import read_classes_csv
 from services.exporter.masks import polygons_to_mask
 from services.exporter.tfrecord import read_records
 from services.exporter.unpack import UnpackLimits, safe_unpack

@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests import prebuild
 
 CLASSES = ("circle", "square")
 INPUT_SIZE = 128
@@ -265,37 +264,12 @@ def cached_base(kind: str) -> Path:
 
 
 def is_cached(kind: str) -> bool:
-    return (cached_base(kind) / "DONE").exists()
+    return (cached_base(kind) / prebuild.DONE).exists()
 
 
-def cached(kind: str, timeout: float = 3600) -> Path:
+def cached(kind: str) -> Path:
     """The model base folder (holding ``1/``) for ``kind``, built once per content hash."""
-    # The timeout is generous: a background build (tests/prebuild.py) runs at a low
-    # priority and may wait behind busy tests before it gets the CPU.
-    base = cached_base(kind)
-    if (base / "DONE").exists():
-        return base
-    cache_root().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=cache_root()))
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.inference.modelfactory", kind, str(tmp)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"building the {kind} fixture failed:\n{proc.stdout}\n{proc.stderr}")
-    (tmp / "DONE").write_text(proc.stdout)
-    try:
-        tmp.rename(base)
-    except OSError:  # another session built it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return base
+    return prebuild.build_once("tests.inference.modelfactory", kind, cached_base(kind))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from preannotate.classes import classes_csv
 from preannotate.keys import dataset_prefix
 from preannotate.storage import PrefixWriter, Storage
 from preannotate.v1 import common_pb2, events_pb2
@@ -141,7 +142,7 @@ def write_dataset(
             )
             out.put(f"{split}-00000-of-00001.tfrecord", records)
         out.put("label_map.pbtxt", labelmap.label_map_pbtxt(classes).encode())
-        out.put("classes.csv", labelmap.classes_csv(classes).encode())
+        out.put("classes.csv", classes_csv(classes).encode())
         out.commit(
             {
                 "kind": "dataset",

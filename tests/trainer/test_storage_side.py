@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from preannotate.classes import classes_csv, read_classes_csv
 from preannotate.errors import FailedPrecondition, NotFound
 from preannotate.keys import model_prefix
 from services.trainer import checkpoints, dataset, metrics, versions
-from services.trainer.classes import classes_csv, read_classes_csv
 from services.trainer.progress import ProgressClock, TrainProgress
 from tests.trainer.datasets import write_dataset
 

@@ -14,10 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from preannotate import topics
+from preannotate.classes import read_classes_csv
 from preannotate.keys import model_prefix
 from preannotate.storage import read_manifest
 from preannotate.v1 import events_pb2
-from services.trainer.classes import read_classes_csv
 from services.trainer.handlers import handle_dataset_exported
 from services.trainer.settings import TrainerSettings
 from tests.fakes import FakeContext

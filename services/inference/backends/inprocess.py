@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +105,7 @@ class InProcessBackend:
         self._loaded: OrderedDict[tuple[str, str, int], _Loaded] = OrderedDict()
         self._loading: dict[tuple[str, str, int], asyncio.Future[_Loaded]] = {}
         self._slots: asyncio.Semaphore | None = None
-        self.evicted: list[str] = []
+        self.evicted: deque[str] = deque(maxlen=1024)  # latest evictions, bounded
 
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)

@@ -87,7 +87,6 @@ class TfServingBackend:
         #: Versions seen AVAILABLE (so a predict does not ask every time).
         self._available: set[tuple[str, str, int]] = set()
         self.reloads = 0
-        self.last_config: Any = None
 
     async def start(self) -> None:
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -195,7 +194,6 @@ class TfServingBackend:
                     f"{response.status.error_message or response.status.error_code}"
                 )
             self.reloads += 1
-            self.last_config = config
             served = sum(len(c.model_version_policy.specific.versions)
                          for c in config.model_config_list.config)  # fmt: skip
             metrics.MODELS_LOADED.labels(self.name).set(served)

@@ -1,22 +1,20 @@
-"""classes.csv as the trainer writes it, and the simpler one-name-a-row form."""
+"""classes.csv (preannotate.classes) as the trainer writes it, and the one-name-a-row form."""
 
 from __future__ import annotations
 
 import pytest
 
+from preannotate.classes import classes_csv, parse_classes
 from preannotate.errors import InvalidArgument
-from services.converter.classes import parse_classes, render_classes
 
 
 def test_the_products_format_round_trips():
-    text = render_classes(["cat", "dog, big", "ö"]).decode()
+    text = classes_csv(["cat", "dog, big", "ö"])
     assert text.splitlines()[0] == "id,name"
     assert parse_classes(text) == ["cat", "dog, big", "ö"]
 
 
 def test_the_trainers_file_reads():
-    from services.trainer.classes import classes_csv
-
     assert parse_classes(classes_csv(["rect", "ellipse"])) == ["rect", "ellipse"]
 
 

@@ -1,7 +1,11 @@
 # Entry points for developers and CI (see docs/local-infra.md).
 #
-#   make setup       .venv with python3.11, the package with every extra, Kafka's jars
+#   make setup       .venv with python3.11, the package with every extra, TF Model Garden
+#                    without its dependency list (requirements/model-garden.txt), an
+#                    import check of every module, Kafka's jars
 #   make test        setup and deploy/'s validators, then the whole test suite (ARGS="tests/platform -x" to narrow)
+#   make test-fast   setup, then the tests that need no Kafka broker, no TensorFlow training and no
+#                    deploy/ validators (a few minutes; CI runs `make test`)
 #   make quickstart  setup, then the whole loop on a small made-up dataset, on the CPU
 #   make lint        ruff check and ruff format --check
 #   make protos      regenerate preannotate/v1/*_pb2*.py from protos/
@@ -16,15 +20,17 @@ STAMP := $(VENV)/.installed
 LINT_PATHS := preannotate services tests scripts bench deploy
 ARGS ?=
 
-.PHONY: setup kafka deploy-tools test quickstart lint protos
+.PHONY: setup kafka deploy-tools test test-fast quickstart lint protos
 
 setup: $(STAMP) kafka
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml requirements/model-garden.txt | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[all,test]'
+	$(BIN)/python -m pip install --no-deps -r requirements/model-garden.txt
+	$(BIN)/python -m preannotate.importcheck preannotate services
 	touch $@
 
 kafka:
@@ -36,6 +42,9 @@ deploy-tools: $(STAMP)
 
 test: setup deploy-tools
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not kafka and not tf and not deploy_tools" $(ARGS)
 
 quickstart: setup
 	$(BIN)/preannotate quickstart

@@ -10,6 +10,10 @@ A tokens file (YAML; JSON is YAML too) lists the callers::
         sha256: "<hex SHA-256 of the token>"   # keeps the token itself out of the file
         namespaces: ["*"]                      # every namespace
 
+The file is checked with pydantic models (``TokensFile``, ``TokenSpec``), as
+the webhook policy is: a bad file stops the service with the file's name and
+one line per bad entry (its position and name).
+
 ``TokenAuthInterceptor`` checks ``authorization: Bearer <token>`` on every
 call (health and reflection stay open for probes and tools): no or a malformed
 header is UNAUTHENTICATED, an unknown token too. Servicers ask ``caller()``
@@ -28,9 +32,19 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import grpc
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from preannotate.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from preannotate.grpc_errors import guarded, wrap_handler
@@ -87,6 +101,116 @@ class TokenEntry:
     namespaces: frozenset[str] | None
 
 
+def _text(value: object) -> str:
+    """A name written as any scalar (``name: 7``) is its text; nothing at all is ""."""
+    return "" if value is None else str(value)
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+class TokenSpec(BaseModel):
+    """One entry of the tokens file, as written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, BeforeValidator(_text)] = Field("", validate_default=True)
+    token: str | None = None
+    sha256: Annotated[str | None, BeforeValidator(_optional_text)] = None
+    namespaces: list[str] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value:
+            raise ValueError("give each token a 'name' (shown in logs)")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _long(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            raise ValueError("a token must be a string of 16+ characters")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and len(_from_hex(value)) != 32:
+            raise ValueError("'sha256' must be 64 hex digits")
+        return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _spaces(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("'namespaces' must be a non-empty list (['*'] for all)")
+        if ALL not in value:
+            for ns in value:
+                if not NAME_PATTERN.fullmatch(ns):
+                    raise ValueError(f"{ns!r} is not a valid namespace")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_secret(cls, data: object) -> object:
+        if isinstance(data, dict) and (data.get("token") is None) == (data.get("sha256") is None):
+            raise ValueError("give exactly one of 'token' and 'sha256'")
+        return data
+
+    def entry(self) -> TokenEntry:
+        if self.token is not None:
+            digest = hashlib.sha256(self.token.encode("utf-8")).digest()
+        else:
+            digest = _from_hex(self.sha256 or "")
+        spaces = None if ALL in self.namespaces else frozenset(self.namespaces)
+        return TokenEntry(self.name, digest, spaces)
+
+
+class TokensFile(BaseModel):
+    """The whole file: ``tokens:`` and its entries (other top-level keys are ignored)."""
+
+    tokens: list[TokenSpec]
+
+
+def _from_hex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""
+
+
+SHAPE = "expected a mapping with a 'tokens' list of {name, token or sha256, namespaces}"
+KEYS = "name, token, sha256, namespaces"
+
+
+def _problems(exc: ValidationError, data: object) -> list[str]:
+    """One line per problem, naming the entry by its position and its name."""
+    items = data.get("tokens") if isinstance(data, dict) else None
+    found: dict[str, list[str]] = {}
+    unknown: dict[str, list[str]] = {}
+    for err in exc.errors():
+        loc = err["loc"]
+        if len(loc) < 2:  # not a mapping, or no 'tokens' list
+            return [SHAPE]
+        item = items[int(loc[1])] if isinstance(items, list) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        label = f"tokens[{loc[1]}]" + (f" ({name})" if name else "")
+        field = str(loc[2]) if len(loc) > 2 else ""
+        if err["type"] == "extra_forbidden":
+            unknown.setdefault(label, []).append(field)
+        elif err["type"] == "value_error":
+            found.setdefault(label, []).append(str(err["ctx"]["error"]))
+        elif not field:
+            found.setdefault(label, []).append(f"expected a mapping, got {type(item).__name__}")
+        else:
+            found.setdefault(label, []).append(f"{field}: {err['msg']}")
+    for label, keys in unknown.items():
+        found.setdefault(label, []).append(f"unknown keys {sorted(keys)}; allowed: {KEYS}")
+    return [f"{label}: {message}" for label, messages in found.items() for message in messages]
+
+
 class TokenTable:
     """The callers of a tokens file; ``lookup`` compares in constant time."""
 
@@ -104,21 +228,26 @@ class TokenTable:
             raise InvalidArgument(f"tokens file {str(path)!r} cannot be read: {exc}") from exc
         except yaml.YAMLError as exc:
             raise InvalidArgument(f"tokens file {str(path)!r} is not YAML: {exc}") from exc
-        return cls.parse(data, where=str(path))
+        return cls.parse(data, where=f"tokens file {str(path)!r}")
 
     @classmethod
-    def parse(cls, data: object, where: str = "tokens") -> TokenTable:
-        if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
-            raise InvalidArgument(
-                f"{where}: expected a mapping with a 'tokens' list of "
-                "{name, token or sha256, namespaces}"
-            )
+    def parse(cls, data: object, where: str = "the tokens file") -> TokenTable:
+        """Check ``data`` (the file's YAML); ``InvalidArgument`` names ``where`` and each bad entry."""
+        try:
+            specs = TokensFile.model_validate(data).tokens
+        except ValidationError as exc:
+            lines = _problems(exc, data)
+            raise InvalidArgument(f"{where} is not valid:\n  " + "\n  ".join(lines)) from None
+        if not specs:
+            raise InvalidArgument(f"{where} lists no tokens")
         entries = []
         seen: set[bytes] = set()
-        for i, item in enumerate(data["tokens"]):
-            entry = _entry(item, f"{where}: tokens[{i}]")
+        for i, spec in enumerate(specs):
+            entry = spec.entry()
             if entry.digest in seen:
-                raise InvalidArgument(f"{where}: tokens[{i}] repeats an earlier token")
+                raise InvalidArgument(
+                    f"{where}: tokens[{i}] ({spec.name}) repeats an earlier token"
+                )
             seen.add(entry.digest)
             entries.append(entry)
         return cls(entries)
@@ -130,44 +259,6 @@ class TokenTable:
             if hmac.compare_digest(entry.digest, digest):
                 found = entry
         return found
-
-
-def _entry(item: object, where: str) -> TokenEntry:
-    if not isinstance(item, dict):
-        raise InvalidArgument(f"{where}: expected a mapping, got {type(item).__name__}")
-    unknown = set(item) - {"name", "token", "sha256", "namespaces"}
-    if unknown:
-        raise InvalidArgument(
-            f"{where}: unknown keys {sorted(unknown)}; allowed: name, token, sha256, namespaces"
-        )
-    name = str(item.get("name") or "")
-    if not name:
-        raise InvalidArgument(f"{where}: give each token a 'name' (shown in logs)")
-    token, sha = item.get("token"), item.get("sha256")
-    if (token is None) == (sha is None):
-        raise InvalidArgument(f"{where} ({name}): give exactly one of 'token' and 'sha256'")
-    if token is not None:
-        if not isinstance(token, str) or len(token) < 16:
-            raise InvalidArgument(f"{where} ({name}): a token must be a string of 16+ characters")
-        digest = hashlib.sha256(token.encode("utf-8")).digest()
-    else:
-        try:
-            digest = bytes.fromhex(str(sha))
-        except ValueError:
-            digest = b""
-        if len(digest) != 32:
-            raise InvalidArgument(f"{where} ({name}): 'sha256' must be 64 hex digits")
-    spaces = item.get("namespaces")
-    if not isinstance(spaces, list) or not spaces:
-        raise InvalidArgument(
-            f"{where} ({name}): 'namespaces' must be a non-empty list (['*'] for all)"
-        )
-    if ALL in spaces:
-        return TokenEntry(name, digest, None)
-    for ns in spaces:
-        if not isinstance(ns, str) or not NAME_PATTERN.fullmatch(ns):
-            raise InvalidArgument(f"{where} ({name}): {ns!r} is not a valid namespace")
-    return TokenEntry(name, digest, frozenset(spaces))
 
 
 _current: contextvars.ContextVar[Access | None] = contextvars.ContextVar(

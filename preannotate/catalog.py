@@ -5,13 +5,15 @@ each ``ModelEntry`` says what the model is built as, which TF Model Garden
 experiment and backbone the trainer builds it from, the seed's defaults, and
 the argument keys a user may set (``ArgumentSpec``; parsed by
 ``preannotate.arguments``). The builders that turn an entry into a Model
-Garden config live in the trainer (``services/trainer/configs/<family>.py``).
+Garden config live in the trainer, one module per family
+(``services/trainer/configs/<family>.py``); the converter exports every
+family with one module (``services/converter/module.py``).
 
 The catalog is a registry that refuses duplicates and answers a failed lookup
 with what exists. ``default_catalog()`` fills it from the one list in
 ``_entries()`` below; nothing registers itself on import. To add a model, see
-the checklist in services/trainer/README.md (an entry here, a builder for its
-family in the trainer, an export in the converter when the family is new).
+the checklist in docs/adding-a-model.md (an entry here, a builder for its
+family in the trainer, and for a new family its export in the converter).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class ModelEntry:
     name: str
     #: One line: what it is built as.
     built_as: str
-    #: The Model Garden model family; the trainer and converter have one module each per family.
+    #: The Model Garden model family: the trainer's config builder
+    #: (``services/trainer/configs/<family>.py``) and the export's branch in the converter.
     family: Family
     #: The TF Model Garden (official.vision) experiment it starts from.
     experiment: str

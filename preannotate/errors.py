@@ -1,8 +1,9 @@
 """One exception hierarchy for the whole product.
 
 Transports map these in one place each: gRPC status codes in
-``preannotate.grpc_errors``, the bus runner's retry / dead-letter decision in
-``preannotate.runner``. Foreign errors are re-raised as one of these with
+``preannotate.grpc_errors`` (and HTTP answers from those codes in
+``preannotate.http_errors``), the bus runner's retry / dead-letter decision in
+``preannotate.worker``. Foreign errors are re-raised as one of these with
 ``raise ... from``.
 """
 

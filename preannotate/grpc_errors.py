@@ -6,6 +6,10 @@ message; any other exception is logged with a reference and ends the call as
 INTERNAL with only that reference, so no detail of the failure leaks to the
 caller. ``abort_with(context, exc)`` does the same from inside a method or
 another interceptor.
+
+``STATUS_CODES`` is the product's one table of error classes to codes: the
+HTTP endpoints answer with the HTTP status of the same code
+(``preannotate.http_errors``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from preannotate.errors import (
     AlreadyExists,
     Cancelled,
     FailedPrecondition,
+    Interrupted,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -40,10 +45,29 @@ STATUS_CODES: tuple[tuple[type[PreannotateError], grpc.StatusCode], ...] = (
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Cancelled, grpc.StatusCode.CANCELLED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    #: The service is stopping mid-call: asking again (another replica, or after the
+    #: restart) may succeed, as for Unavailable.
+    (Interrupted, grpc.StatusCode.UNAVAILABLE),
 )
 
 #: Lazy: resolved at each call, so it follows ``telemetry.logging.configure``.
 log = structlog.get_logger(component="grpc")
+
+
+def code_for(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code of ``exc``; None when it is not a mapped ``PreannotateError``."""
+    if isinstance(exc, PreannotateError):
+        for cls, code in STATUS_CODES:
+            if isinstance(exc, cls):
+                return code
+    return None
+
+
+def unexpected(exc: BaseException, where: str, logger: Any = None) -> str:
+    """Log ``exc`` with a new reference; the caller-safe details, which repeat it."""
+    ref = uuid.uuid4().hex[:12]
+    (logger or log).error(f"unexpected error in {where}", ref=ref, exc_info=exc)
+    return f"internal error (ref {ref}); the server log has the details"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -52,13 +76,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     Unknown exceptions (and ``PreannotateError`` subclasses without a mapping)
     are logged here with a reference that the details repeat.
     """
-    if isinstance(exc, PreannotateError):
-        for cls, code in STATUS_CODES:
-            if isinstance(exc, cls):
-                return code, str(exc) or type(exc).__name__
-    ref = uuid.uuid4().hex[:12]
-    log.error("unexpected error in a gRPC method", ref=ref, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has the details"
+    code = code_for(exc)
+    if code is not None:
+        return code, str(exc) or type(exc).__name__
+    return grpc.StatusCode.INTERNAL, unexpected(exc, "a gRPC method")
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:

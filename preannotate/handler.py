@@ -1,8 +1,8 @@
 """What a service handler is, and what it gets.
 
 A service wires each topic it consumes to one handler with a ``Route``; the
-runner (``preannotate.runner``) consumes, decodes, calls the handler, publishes
-what it returns, and commits. A handler::
+runner gives each route a worker (``preannotate.worker``) that consumes,
+decodes, calls the handler, publishes what it returns, and commits. A handler::
 
     async def handle(message: DatasetExported, ctx: Context) -> Outcome:
         ...                      # domain work; ctx.report(...) for progress

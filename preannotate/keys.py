@@ -1,4 +1,4 @@
-"""Safe storage keys: the layout of DESIGN.md, with every user-given part checked.
+"""Safe storage keys, with every user-given part checked, and the default model name.
 
     <namespace>/datasets/<job_id>/
     <namespace>/models/<name>/<version>/
@@ -9,6 +9,8 @@ Namespaces, model names and job ids match one pattern: lower-case letters,
 digits, ``-`` and ``_``, starting and ending with a letter or digit, at most
 63 characters. File names inside a prefix match a second, wider pattern. Dots
 that make ``..``, absolute paths and separators are refused with ``UnsafeName``.
+What is read back from these prefixes (finished versions, checkpoints) is
+``preannotate.layout``'s.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def check_relative(path: str) -> str:
 def join(prefix: str, path: str) -> str:
     """Join a checked prefix and a checked relative path."""
     return prefix.rstrip("/") + "/" + check_relative(path)
+
+
+def default_model_name(model_type: str, task_id: int) -> str:
+    """The name of a model whose request names none (gateway and trainer alike).
+
+    ``<model type>-task<id>`` for a CVAT task; the model type alone when the
+    job names no task (task id 0: a dataset from a file, not from CVAT).
+    """
+    return f"{model_type}-task{task_id}" if task_id > 0 else model_type
 
 
 def dataset_prefix(namespace: str, job_id: str) -> str:

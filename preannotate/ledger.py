@@ -1,8 +1,9 @@
 """The once-ledger: what each (job id, stage) published, kept in storage.
 
-Before a handler's events are published, the runner writes them to
+Before a handler's events are published, the route worker
+(``preannotate.worker``) writes them to
 ``<namespace>/jobs/<job_id>/stages/<stage>.json``. A record redelivered after
-a crash (its offset was not committed) finds the entry, and the runner only
+a crash (its offset was not committed) finds the entry, and the worker only
 re-publishes the same events with the same event ids, so the work is done
 once and the next stage still gets its event.
 """

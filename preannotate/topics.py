@@ -1,4 +1,4 @@
-"""Topic names and the one message type each topic carries (DESIGN.md)."""
+"""Topic names and the one message type each topic carries (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ when the run ends; a run whose tests ask for neither never starts Java.
 
 A server that cannot start makes the tests that need it ERROR with the reason;
 they are never skipped. Tests that use a server get the ``kafka`` or ``s3``
-marker, so ``-m "not kafka"`` deselects them. Area-specific fixtures belong in
+marker, so ``-m "not kafka"`` deselects them; tests that need deploy/'s built
+validators get ``deploy_tools``; tests that train or build real TensorFlow
+models carry ``tf`` (``make test-fast`` leaves out kafka, tf and deploy_tools). Area-specific fixtures belong in
 tests/<area>/conftest.py.
 
 The areas that train models run last (``HEAVY_AREAS``); the model fixtures they
@@ -75,14 +77,26 @@ def _area_rank(item: pytest.Item) -> int:
     return HEAVY_AREAS.index(area) + 1 if area in HEAVY_AREAS else 0
 
 
+#: Fixtures of tests/deploy/conftest.py that need deploy/'s validators built
+#: (`make deploy-tools`: docker compose and kustomize from source, schemas, node).
+DEPLOY_TOOL_FIXTURES = frozenset(
+    {"tools", "compose_bin", "kustomize_bin", "python_tools", "node_root", "rendered"}
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_area_rank)  # stable: within an area, the usual order
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        if "kafka_bootstrap" in names:
+        names = set(getattr(item, "fixturenames", ()))
+        # A test parametrised over "kafka"/"s3" asks for the server by name at run time.
+        callspec = getattr(item, "callspec", None)
+        params = set(map(str, callspec.params.values())) if callspec else set()
+        if "kafka_bootstrap" in names or "kafka" in params:
             item.add_marker(pytest.mark.kafka)
-        if "s3_endpoint" in names:
+        if "s3_endpoint" in names or "s3" in params:
             item.add_marker(pytest.mark.s3)
+        if names & DEPLOY_TOOL_FIXTURES:
+            item.add_marker(pytest.mark.deploy_tools)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

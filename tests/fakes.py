@@ -1,4 +1,5 @@
-"""A stand-in for the runner's per-record context (``preannotate.handler.Context``).
+"""A stand-in for the per-record context (``preannotate.handler.Context``,
+``preannotate.worker.RecordContext`` in the runner).
 
 ``FakeContext`` records every ``report()`` call and every log line; its
 storage is a real ``preannotate.storage``. A test turns ``cancel_requested()``

@@ -72,15 +72,16 @@ async def _raw(backend: Any, model: Any, images: list, batch_size: int) -> float
 
 
 async def _naive(app: Any, cvat: Any, task_id: int, model: Any, threshold: float) -> float:
+    from preannotate.cvat import connect
     from preannotate.v1 import common_pb2
     from services.inference import images as decoding
     from services.inference.annotate import label_ids
-    from services.inference.cvat_target import frame_jobs
     from services.inference.postprocess import detections
     from services.inference.shapes import cvat_shape
+    from services.inference.targets.cvat import frame_jobs
 
     started = time.perf_counter()
-    async with app.cvat_client(common_pb2.CvatRef(task_id=task_id)) as client:
+    async with connect(app.settings, common_pb2.CvatRef(task_id=task_id)) as client:
         meta = await client.data_meta(task_id)
         mapping, _ = label_ids(model, await client.labels(task_id))
         owners = frame_jobs(await client.jobs(task_id))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from preannotate.bus.base import Bus, Consumer, Record, TopicSpec, dlq_topic
-from preannotate.bus.memory import CommitFailed, MemoryBus
+from preannotate.bus.base import Bus, CommitFailed, Consumer, Record, TopicSpec, dlq_topic
+from preannotate.bus.memory import MemoryBus
 
 __all__ = [
     "Bus",

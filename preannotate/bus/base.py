@@ -15,7 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from preannotate.errors import PreannotateError
+
 DLQ_SUFFIX = ".dlq"
+
+
+class CommitFailed(PreannotateError):
+    """The partition is no longer owned by this member (it was rebalanced away)."""
 
 
 def dlq_topic(topic: str) -> str:
@@ -52,9 +58,10 @@ class TopicSpec:
 
 @runtime_checkable
 class Consumer(Protocol):
-    """A member of a consumer group. Offsets move only with ``commit``."""
+    """A member of a consumer group (or, with group None, a reader of every
+    partition that commits nothing). Offsets move only with ``commit``."""
 
-    group: str
+    group: str | None
 
     async def start(self) -> None: ...
 
@@ -69,7 +76,10 @@ class Consumer(Protocol):
         """
 
     async def commit(self, record: Record) -> None:
-        """Mark ``record`` and everything before it on its partition as done."""
+        """Mark ``record`` and everything before it on its partition as done.
+
+        Raises ``CommitFailed`` when the partition moved to another member.
+        """
 
     def pause(self) -> None:
         """Stop fetching from every assigned partition (also ones assigned later)."""
@@ -80,6 +90,9 @@ class Consumer(Protocol):
 
     def owns(self, record: Record) -> bool:
         """Whether this member still owns the record's partition."""
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records between this member's position and the end, per assigned partition."""
 
 
 @runtime_checkable
@@ -107,9 +120,13 @@ class Bus(Protocol):
         """Publish one record and wait until it is durable; (partition, offset)."""
 
     def consumer(
-        self, topics: Sequence[str], group: str, *, from_beginning: bool = True
+        self, topics: Sequence[str], group: str | None, *, from_beginning: bool = True
     ) -> Consumer:
-        """A new group member for ``topics``; call ``start()`` on it."""
+        """A new group member for ``topics``; call ``start()`` on it.
+
+        With ``group`` None the consumer reads every partition of ``topics``
+        (from the beginning or from the end) and commits nothing.
+        """
 
     async def dead_letter(self, record: Record, error: BaseException, *, group: str) -> None:
         """Send ``record`` to ``<topic>.dlq`` with the error in its headers."""

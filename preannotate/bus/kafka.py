@@ -3,12 +3,13 @@
 The producer is idempotent (``enable_idempotence=True`` forces acks=all), so
 its own retries never duplicate a record. Consumers commit by hand; a
 rebalance listener keeps paused members paused when partitions move to them
-(pause state does not survive reassignment in Kafka clients).
+(pause state does not survive reassignment in Kafka clients). Only aiokafka's
+public API is used: the producer, the admin client (topics and their
+partitions) and the consumer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
 
@@ -17,8 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from preannotate.bus.base import Record, TopicSpec, dlq_headers, dlq_topic
-from preannotate.bus.memory import CommitFailed
+from preannotate.bus.base import CommitFailed, Record, TopicSpec, dlq_headers, dlq_topic
 from preannotate.errors import Unavailable
 
 
@@ -42,7 +42,8 @@ class KafkaBus:
         self.settings = settings
         self.bootstrap = settings.kafka_bootstrap
         self.prefix = settings.kafka_topic_prefix
-        self._producer = None
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
 
     def full(self, topic: str) -> str:
         """The topic's name on the cluster."""
@@ -51,77 +52,90 @@ class KafkaBus:
     def short(self, topic: str) -> str:
         return topic[len(self.prefix) :] if self.prefix and topic.startswith(self.prefix) else topic
 
-    async def start(self) -> None:
-
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            client_id=self.settings.kafka_client_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=0,
-            request_timeout_ms=30_000,
+    def producer_options(self) -> dict:
+        """The producer's settings: idempotent (so acks=all), no batching delay."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.settings.kafka_client_id,
+            "enable_idempotence": True,
+            "acks": "all",
+            "linger_ms": 0,
+            "request_timeout_ms": 30_000,
             **_security(self.settings),
-        )
-        try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise Unavailable(f"Kafka at {self.bootstrap} is unreachable: {exc}") from exc
+        }
 
-    async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-
-    @property
-    def producer_id(self) -> int:
-        """The id the broker granted this idempotent producer (-1 before start)."""
-        if self._producer is None:
-            return -1
-        return self._producer._txn_manager.producer_id if self._producer._txn_manager else -1
-
-    async def ensure_topics(self, topics: Sequence[TopicSpec]) -> None:
-        admin = AIOKafkaAdminClient(
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(**self.producer_options())
+        self._admin = AIOKafkaAdminClient(
             bootstrap_servers=self.bootstrap,
             client_id=self.settings.kafka_client_id + "-admin",
             **_security(self.settings),
         )
-        await admin.start()
         try:
-            existing = set(await admin.list_topics())
-            new = [
-                NewTopic(
-                    self.full(spec.name),
-                    spec.partitions,
-                    self.settings.kafka_replication,
-                    topic_configs={"cleanup.policy": "compact"} if spec.compacted else None,
-                )
-                for spec in topics
-                if self.full(spec.name) not in existing
-            ]
-            if new:
-                response = await admin.create_topics(new, timeout_ms=30_000)
-                for item in getattr(response, "topic_errors", []):
-                    name, code = item[0], item[1]
-                    if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a racing creator)
-                        raise Unavailable(f"could not create topic {name!r}: error code {code}")
-                await self._wait_for_metadata([t.name for t in new])
-        finally:
-            await admin.close()
+            await self._producer.start()
+            await self._admin.start()
+        except KafkaError as exc:
+            await self.stop()
+            raise Unavailable(f"Kafka at {self.bootstrap} is unreachable: {exc}") from exc
 
-    async def _wait_for_metadata(self, names: list[str], timeout: float = 30.0) -> None:
-        """Wait until the producer sees every new topic's partitions (leaders elected)."""
-        assert self._producer is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+    async def stop(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    def _admin_client(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise RuntimeError("KafkaBus used before start()")
+        return self._admin
+
+    async def partitions(self, topics: Sequence[str]) -> dict[str, list[int]]:
+        """The partitions of each of ``topics`` that exists on the cluster."""
+        wanted = {self.full(t): t for t in topics}
+        try:
+            # all topics: asking for one by name may make the broker auto-create it
+            described = await self._admin_client().describe_topics(None)
+        except KafkaError as exc:
+            raise Unavailable(f"could not read the topics of {self.bootstrap}: {exc}") from exc
+        return {
+            wanted[t["topic"]]: sorted(p["partition"] for p in t["partitions"])
+            for t in described
+            if t["topic"] in wanted and t["error_code"] == 0 and t["partitions"]
+        }
+
+    async def ensure_topics(self, topics: Sequence[TopicSpec]) -> None:
+        admin = self._admin_client()
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                self.full(spec.name),
+                spec.partitions,
+                self.settings.kafka_replication,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else None,
+            )
+            for spec in topics
+            if self.full(spec.name) not in existing
+        ]
+        if new:
+            response = await admin.create_topics(new, timeout_ms=30_000)
+            for item in getattr(response, "topic_errors", []):
+                name, code = item[0], item[1]
+                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a racing creator)
+                    raise Unavailable(f"could not create topic {name!r}: error code {code}")
+            await self._wait_for_metadata([t.name for t in new])
+
+    async def _wait_for_metadata(self, names: list[str]) -> None:
+        """Wait until the producer sees every new topic's partitions (leaders
+        elected); the producer gives up after its request timeout (30 s)."""
+        if self._producer is None:
+            raise RuntimeError("KafkaBus used before start()")
         for name in names:
-            while True:
-                await self._producer.client.force_metadata_update()
-                if self._producer.client.cluster.partitions_for_topic(name):
-                    break
-                if loop.time() > deadline:
-                    raise Unavailable(f"topic {name!r} has no partitions after {timeout}s")
-                await asyncio.sleep(0.1)
+            try:
+                await self._producer.partitions_for(name)
+            except KafkaError as exc:
+                raise Unavailable(f"topic {name!r} has no partitions: {exc!r}") from exc
 
     async def send(
         self,
@@ -131,7 +145,6 @@ class KafkaBus:
         key: str | None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, int]:
-
         if self._producer is None:
             raise RuntimeError("KafkaBus.send() before start()")
         try:
@@ -167,12 +180,11 @@ class KafkaConsumer:
         self.topics = topics
         self.group = group
         self.from_beginning = from_beginning
-        self._consumer = None
+        self._consumer: AIOKafkaConsumer | None = None
         self._paused = False
         self._next: dict[tuple[str, int], int] = {}
 
     async def start(self) -> None:
-
         s = self.bus.settings
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bus.bootstrap,
@@ -190,11 +202,12 @@ class KafkaConsumer:
         try:
             await self._consumer.start()
             if self.group is None:
-                cluster = await self._consumer._client.fetch_all_metadata()
-                parts = []
-                for topic in self.topics:
-                    for p in sorted(cluster.partitions_for_topic(self.bus.full(topic)) or []):
-                        parts.append(TopicPartition(self.bus.full(topic), p))
+                found = await self.bus.partitions(self.topics)
+                parts = [
+                    TopicPartition(self.bus.full(topic), p)
+                    for topic in self.topics
+                    for p in found.get(topic, [])
+                ]
                 if not parts:
                     raise Unavailable(f"no partitions for {self.topics}: create the topics first")
                 self._consumer.assign(parts)

@@ -16,14 +16,10 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from preannotate.bus.base import Record, TopicSpec, dlq_headers, dlq_topic
-from preannotate.errors import InvalidArgument, PreannotateError
+from preannotate.bus.base import CommitFailed, Record, TopicSpec, dlq_headers, dlq_topic
+from preannotate.errors import InvalidArgument
 
 MAX_RECORDS = 100
-
-
-class CommitFailed(PreannotateError):
-    """The partition is no longer owned by this member (it was rebalanced away)."""
 
 
 class UnknownTopic(InvalidArgument):

@@ -9,7 +9,8 @@
 Commands are registered in ``COMMANDS`` below: each names the module whose
 ``add_arguments(name, parser)`` declares its options and returns its handler.
 Only the chosen command's module is imported, so ``preannotate jobs`` never
-imports TensorFlow.
+imports TensorFlow. The client commands (``training``, ``inference``) talk
+gRPC only; ``run`` and ``up`` reach the services through ``service_table``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("preannotate.cli.run", "run one service in this process (distributed mode)"),
     "up": ("preannotate.cli.up", "run every service in one process (embedded mode)"),
     "quickstart": ("preannotate.cli.quickstart", "the whole loop on made-up data, on this machine"),
-    "train": ("services.gateway.cli", "ask for a model and follow its job with a progress bar"),
-    "watch": ("services.gateway.cli", "follow a job until it ends"),
-    "cancel": ("services.gateway.cli", "ask a job to stop"),
-    "jobs": ("services.gateway.cli", "list jobs"),
-    "models": ("services.gateway.cli", "list ready models"),
-    "model-types": ("services.gateway.cli", "list the model catalog"),
-    "annotate": ("services.inference.cli", "pre-annotate a CVAT task with a model"),
-    "predict": ("services.inference.cli", "run a model on image files"),
+    "train": ("preannotate.cli.training", "ask for a model and follow its job with a progress bar"),
+    "watch": ("preannotate.cli.training", "follow a job until it ends"),
+    "cancel": ("preannotate.cli.training", "ask a job to stop"),
+    "jobs": ("preannotate.cli.training", "list jobs"),
+    "models": ("preannotate.cli.training", "list ready models"),
+    "model-types": ("preannotate.cli.training", "list the model catalog"),
+    "annotate": ("preannotate.cli.inference", "pre-annotate a CVAT task with a model"),
+    "predict": ("preannotate.cli.inference", "run a model on image files"),
 }
 
 DESCRIPTION = "Turn annotated CVAT tasks into models that pre-annotate the next tasks."

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
-SERVICES = ("gateway", "exporter", "trainer", "converter", "inference")
+from preannotate.cli.service_table import SERVICES as TABLE
+
+#: The names ``run`` accepts, in the table's order.
+SERVICES = tuple(TABLE)
 
 
 def add_arguments(_name: str, parser: argparse.ArgumentParser):
@@ -14,5 +16,5 @@ def add_arguments(_name: str, parser: argparse.ArgumentParser):
 
 
 def run(args: argparse.Namespace) -> int:
-    importlib.import_module(f"services.{args.service}.main").main()
+    TABLE[args.service].load().main()
     return 0

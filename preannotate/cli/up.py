@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 from pathlib import Path
 
-from preannotate.cli.run import SERVICES
-from preannotate.settings import load
+from preannotate.cli.service_table import SERVICES
+from preannotate.service import ServiceSpec
+from preannotate.settings import ServiceSettings, load
 
 
-def embedded_settings(storage_root: Path, **common) -> list[tuple[object, object]]:
-    """(spec, settings) of every service, set for the embedded mode."""
+def embedded_settings(storage_root: Path, **common) -> list[tuple[ServiceSpec, ServiceSettings]]:
+    """(spec, settings) of every service of ``SERVICES``, set for the embedded mode."""
     out = []
-    for name in SERVICES:
-        settings_cls = getattr(
-            importlib.import_module(f"services.{name}.settings"), f"{name.capitalize()}Settings"
-        )
-        overrides = {"bus": "memory", "storage": "local", "storage_root": storage_root, **common}
-        if name == "inference":
-            overrides["backend"] = "inprocess"
-        settings = load(settings_cls, **overrides)
-        spec = importlib.import_module(f"services.{name}.service").build(settings)
-        out.append((spec, settings))
+    for entry in SERVICES.values():
+        parts = entry.load()
+        base = {"bus": "memory", "storage": "local", "storage_root": storage_root}
+        settings = load(parts.settings, **{**base, **common, **entry.embedded})
+        out.append((parts.build(settings), settings))
     return out
 
 

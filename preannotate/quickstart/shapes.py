@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from preannotate.cvat import coco_document, coco_image
+from preannotate.cvat.coco import coco_document, coco_image
 
 CLASSES = ("circle", "square", "triangle")
 

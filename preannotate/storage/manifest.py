@@ -4,6 +4,8 @@ A prefix (a dataset, a model version, a serving version) is finished when its
 ``manifest.json`` exists; a prefix without one is unfinished and is ignored by
 readers. ``PrefixWriter`` writes the files first and the manifest last, and on
 failure deletes what it wrote, so nothing half-written is ever taken as done.
+Which versions of a model are finished, and whether a checkpoint is complete,
+is read with ``preannotate.layout``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """structlog JSON logs with the service, job id and event id bound, secrets redacted.
 
 ``configure(service, level, fmt)`` once at start; then ``get_logger()``.
-The runner binds ``job_id`` and ``event_id`` with structlog's contextvars for
+The route worker binds ``job_id`` and ``event_id`` with structlog's contextvars for
 the duration of each record, so every line a handler logs carries them.
 """
 

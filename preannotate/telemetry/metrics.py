@@ -1,4 +1,5 @@
-"""The Prometheus metrics every service exports, and the /metrics endpoint.
+"""The Prometheus metrics every service exports (served on /metrics by
+``preannotate.ops``).
 
 Names are part of the operations contract: deploy/grafana dashboards query
 them, and tests/platform check that every metric a dashboard uses is defined
@@ -7,14 +8,7 @@ here or in a service's own ``metrics.py``.
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter(
     "preannotate_events_consumed_total",
@@ -41,6 +35,12 @@ EVENTS_DUPLICATE = Counter(
     "Redelivered records recognised by job id and stage and only re-published",
     ["service", "topic"],
 )
+STATUS_REPORTS_FAILED = Counter(
+    "preannotate_status_reports_failed_total",
+    "Job status reports from a handler's worker thread that could not be published "
+    "(the work went on; see preannotate.progress)",
+    ["service"],
+)
 HANDLER_SECONDS = Histogram(
     "preannotate_handler_seconds",
     "Time a handler took per record",
@@ -62,8 +62,3 @@ JOBS = Gauge(
     "Jobs known to the job status view, by stage and state",
     ["stage", "state"],
 )
-
-
-def exposition() -> tuple[bytes, str]:
-    """The text exposition of every registered metric, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

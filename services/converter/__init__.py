@@ -3,7 +3,7 @@
 Service side, no TensorFlow: ``settings`` (ConverterSettings), ``service``
 (build), ``handlers`` (handle_model_trained), ``fetch`` (the model prefix),
 ``samples`` (parity images), ``process`` (worker processes), ``parity`` (the
-comparison), ``publish`` (upload, manifest, event), ``classes``.
+comparison), ``publish`` (upload, manifest, event).
 Worker side, TensorFlow (``python -m services.converter.worker``): ``worker``,
 ``experiment`` (experiment.yaml -> config), ``module`` (ServingModule),
 ``export`` (checkpoint -> SavedModel / TFLite), ``check`` (fresh-process load).

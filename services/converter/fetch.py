@@ -1,27 +1,26 @@
 """What the converter reads from a model's prefix, checked and copied to a work folder.
 
 ``<namespace>/models/<name>/<version>/`` must be finished (its manifest
-exists); the checkpoint the event names must lie under it and have its
-``.index`` and ``.data-*`` files; ``experiment.yaml`` must be there;
+exists); the checkpoint the event names must lie under it and be complete
+(``preannotate.layout``: its index and every data shard); ``experiment.yaml``
+must be there;
 ``classes.csv`` and the event's classes must agree (the file is written from
 the event's classes when the trainer left none). No TensorFlow here.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from preannotate import classes as class_list
-from preannotate import keys
+from preannotate import keys, layout
 from preannotate.errors import FailedPrecondition, InvalidArgument, NotFound
 from preannotate.storage import Storage, is_complete
 from preannotate.v1 import events_pb2
 
 EXPERIMENT = "experiment.yaml"
 CLASSES = "classes.csv"
-_CHECKPOINT_FILE = re.compile(r"^(?P<base>.+)\.(index|data-\d{5}-of-\d{5})$")
 
 
 @dataclass(frozen=True)
@@ -45,9 +44,10 @@ class ModelPlace:
     base_path: str
 
 
-def place_of(msg: events_pb2.ModelTrained) -> ModelPlace:
-    """Where the event's model lies and where its export goes, every part checked."""
-    namespace = msg.model.namespace or msg.namespace or "default"
+def place_of(msg: events_pb2.ModelTrained, *, default_namespace: str) -> ModelPlace:
+    """Where the event's model lies and where its export goes, every part checked; an event
+    that names no namespace is of the service's (``default_namespace``)."""
+    namespace = msg.model.namespace or msg.namespace or default_namespace
     if msg.namespace and msg.model.namespace and msg.namespace != msg.model.namespace:
         raise InvalidArgument(
             f"model.trained of namespace {msg.namespace!r} names a model of namespace "
@@ -83,26 +83,6 @@ def checkpoint_key(place: ModelPlace, checkpoint: str) -> str:
     return keys.join(place.model_prefix, relative)
 
 
-def _download_checkpoint(storage: Storage, key: str, out: Path) -> Path:
-    folder, _, base = key.rpartition("/")
-    found = {}
-    for candidate in storage.list(folder + "/"):
-        match = _CHECKPOINT_FILE.match(candidate.rsplit("/", 1)[-1])
-        if match and match["base"] == base and candidate.rpartition("/")[0] == folder:
-            found[candidate.rsplit("/", 1)[-1]] = candidate
-    has_index = f"{base}.index" in found
-    has_data = any(".data-" in name for name in found)
-    if not (has_index and has_data):
-        raise FailedPrecondition(
-            f"checkpoint {key} is incomplete in storage: it needs {base}.index and "
-            f"{base}.data-*, found {sorted(found) or 'nothing'}"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    for name, candidate in found.items():
-        storage.download_file(candidate, out / name)
-    return out / base
-
-
 def fetch_model(
     storage: Storage, msg: events_pb2.ModelTrained, place: ModelPlace, out: Path
 ) -> ModelFiles:
@@ -136,7 +116,11 @@ def fetch_model(
         raise InvalidArgument(
             f"the event's classes {list(msg.classes)} differ from {CLASSES} {classes}"
         )
-    checkpoint = _download_checkpoint(storage, ckpt_key, out / "checkpoint")
+    try:
+        stored = layout.require_checkpoint(storage, ckpt_key)
+    except NotFound as exc:
+        raise FailedPrecondition(str(exc)) from None
+    checkpoint = layout.download_checkpoint(storage, stored, out / "checkpoint")
     return ModelFiles(
         experiment=experiment,
         checkpoint=checkpoint,

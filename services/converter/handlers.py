@@ -109,7 +109,7 @@ async def handle_model_trained(
 ) -> Outcome:
     """Export the trained model for serving, check it, and announce it."""
     check_name(msg.job_id, "job id")
-    place = fetch.place_of(msg)
+    place = fetch.place_of(msg, default_namespace=settings.namespace)
     found = await asyncio.to_thread(read_manifest, ctx.storage, place.serving_prefix)
     if found is not None:
         ctx.log.info("model already converted; emitting it again", prefix=place.serving_prefix)

@@ -8,7 +8,9 @@ model it came from.
 
 ``JOB.json`` holds the request's fields (paths as strings); ``RESULT.json``
 gets ``{"ok": true, "facts": {...}}`` or ``{"ok": false, "error": <class name
-in preannotate.errors>, "message": ...}``; the exit status is 0 or 3.
+in preannotate.errors, empty for any other exception>, "message": ...}``; the
+exit status is 0, or ``EXIT_FAILED`` (3) with that result, or 2 when the
+command line is wrong (no result written).
 """
 
 from __future__ import annotations

@@ -14,13 +14,15 @@ For each TaskAnnotated:
 
 The whole task is exported even when the event names one job of it
 (``cvat.job_id``): the dataset is everything annotated in the task so far.
-Blocking work (zip, images, storage) runs in threads.
+Blocking work (zip, images, storage) runs in threads; the conversion's
+progress reaches job.status through ``preannotate.progress.ThreadReports``
+(a report that cannot be written is logged and counted, and the export goes
+on). An event that names no namespace is the service's (``settings.namespace``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import shutil
 import time
 import uuid
@@ -31,6 +33,7 @@ from typing import Any
 from preannotate import keys, topics
 from preannotate.errors import Cancelled, InvalidArgument
 from preannotate.handler import Context, Outcome
+from preannotate.progress import ThreadReports
 from preannotate.storage import PrefixWriter, Storage, read_manifest
 from preannotate.v1 import common_pb2, events_pb2
 from services.exporter import source
@@ -57,7 +60,7 @@ def machine_type_for(msg: events_pb2.TaskAnnotated, settings: ExporterSettings) 
 
 
 def dataset_event(
-    msg: events_pb2.TaskAnnotated, prefix: str, manifest: dict[str, Any]
+    msg: events_pb2.TaskAnnotated, namespace: str, prefix: str, manifest: dict[str, Any]
 ) -> events_pb2.DatasetExported:
     """The DatasetExported for ``msg`` from its dataset's manifest (fresh or found)."""
     splits = manifest.get("splits", {})
@@ -72,7 +75,7 @@ def dataset_event(
 
     return events_pb2.DatasetExported(
         job_id=msg.job_id,
-        namespace=msg.namespace or "default",
+        namespace=namespace,
         cvat=msg.cvat,
         training=msg.training,
         dataset_prefix=prefix,
@@ -110,34 +113,22 @@ def _convert(
     return result
 
 
-class _ThreadProgress:
-    """Reports conversion progress from the worker thread, at most every few seconds."""
+class _ConvertProgress:
+    """The conversion's progress callback (worker thread): a report every few seconds."""
 
-    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
-        self.ctx, self.loop = ctx, loop
+    def __init__(self, reports: ThreadReports) -> None:
+        self.reports = reports
         self.last = 0.0
-        self.pending: list[concurrent.futures.Future[None]] = []
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         if now - self.last < PROGRESS_EVERY_SECONDS and done < total:
             return
         self.last = now
-        report = self.ctx.report(
-            stage=STAGE,
+        self.reports.send(
             message=f"converting: {done} of {total} images",
             progress=events_pb2.Progress(step=done, total=total),
         )
-        self.pending.append(asyncio.run_coroutine_threadsafe(report, self.loop))
-
-    async def settle(self, *, raise_errors: bool = True) -> None:
-        """Wait for the reports sent; raise the first that failed (unless told not to)."""
-        results = await asyncio.gather(
-            *(asyncio.wrap_future(f) for f in self.pending), return_exceptions=True
-        )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors and raise_errors:
-            raise errors[0]
 
 
 def _store(storage: Storage, prefix: str, folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +147,7 @@ async def handle_task_annotated(
     msg: events_pb2.TaskAnnotated, ctx: Context, *, settings: ExporterSettings
 ) -> Outcome:
     """Export the task's annotations as a dataset and queue it for its trainer pool."""
-    namespace = msg.namespace or "default"
+    namespace = msg.namespace or settings.namespace
     prefix = keys.dataset_prefix(namespace, keys.check_name(msg.job_id, "job id"))
     machine = machine_type_for(msg, settings)
     topic = topics.train_jobs(machine)
@@ -166,7 +157,7 @@ async def handle_task_annotated(
     found = await asyncio.to_thread(read_manifest, ctx.storage, prefix)
     if found is not None:
         ctx.log.info("dataset already exported; emitting it again", prefix=prefix)
-        return Outcome.emit(topic, dataset_event(msg, prefix, found))
+        return Outcome.emit(topic, dataset_event(msg, namespace, prefix, found))
 
     async def status(text: str) -> None:
         await ctx.report(stage=STAGE, message=text)
@@ -180,15 +171,18 @@ async def handle_task_annotated(
         )
         _check_cancel(ctx, "exporting")
         await status(f"converting {archive.describe} to TFRecords")
-        progress = _ThreadProgress(ctx, asyncio.get_running_loop())
+        reports = ThreadReports(ctx, asyncio.get_running_loop(), stage=STAGE)
         try:
             result = await asyncio.to_thread(
-                _convert, archive.path, work, settings, archive.describe, progress
+                _convert,
+                archive.path,
+                work,
+                settings,
+                archive.describe,
+                _ConvertProgress(reports),
             )
-        except BaseException:
-            await progress.settle(raise_errors=False)  # the conversion's error matters more
-            raise
-        await progress.settle()
+        finally:
+            await reports.settle()
         _check_cancel(ctx, "converting")
         manifest = {
             "kind": MANIFEST_KIND,
@@ -227,4 +221,4 @@ async def handle_task_annotated(
         details=details,
     )
     ctx.log.info("dataset exported", prefix=prefix, **details)
-    return Outcome.emit(topic, dataset_event(msg, prefix, written))
+    return Outcome.emit(topic, dataset_event(msg, namespace, prefix, written))

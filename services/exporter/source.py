@@ -3,9 +3,9 @@
 ``msg.cvat.url``:
 
 - empty, or the configured ``PREANNOTATE_CVAT_URL`` (same scheme, host and
-  port): CVAT's export flow (``cvat_client``) with the configured token; a
-  message that names another CVAT is refused, so the token never travels to
-  a server nobody configured;
+  port): CVAT's export flow (``preannotate.cvat.export``) with the configured
+  token; a message that names another CVAT is refused, so the token never
+  travels to a server nobody configured;
 - ``file:///path/export.zip``: a zip in CVAT's COCO 1.0 layout on this
   machine (the quickstart's path, data that comes from no CVAT server);
   allowed while ``PREANNOTATE_EXPORT_ALLOW_FILE_IMPORT`` is on, and only under
@@ -17,17 +17,15 @@ then conversion.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from preannotate.cvat import file_ref_path, is_file_ref, origin
+from preannotate.cvat import connect, file_ref_path, is_file_ref
+from preannotate.cvat.export import ExportLimits, StatusCallback, export_task
 from preannotate.errors import InvalidArgument, NotFound
 from preannotate.v1 import common_pb2
-from services.exporter.cvat_client import CvatConfig, CvatExporter
 from services.exporter.settings import ExporterSettings
-
-StatusCallback = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -39,11 +37,9 @@ class Archive:
     describe: str
 
 
-def cvat_config(settings: ExporterSettings, organization: str = "") -> CvatConfig:
-    return CvatConfig.from_settings(
-        settings,
-        organization,
-        export_timeout=settings.cvat_export_timeout_seconds,
+def export_limits(settings: ExporterSettings) -> ExportLimits:
+    return ExportLimits(
+        timeout=settings.cvat_export_timeout_seconds,
         poll_interval=settings.cvat_poll_interval_seconds,
         max_archive_bytes=settings.export_max_archive_bytes,
     )
@@ -85,20 +81,16 @@ async def fetch_archive(
     if is_file_source(cvat):
         path = local_archive(cvat.url, settings)
         return Archive(path, {"kind": "file", "url": cvat.url}, f"file {path}")
-    if cvat.url and origin(cvat.url) != origin(settings.cvat_url):
-        raise InvalidArgument(
-            f"the event names CVAT at {cvat.url!r}, this exporter is configured for "
-            f"{settings.cvat_url!r} (PREANNOTATE_CVAT_URL): leave cvat.url empty or use that "
-            "address"
+    async with connect(settings, cvat) as client:
+        path = await export_task(
+            client,
+            cvat.task_id,
+            work / "export.zip",
+            export_limits(settings),
+            on_status=on_status,
+            cancelled=cancelled,
         )
-    config = cvat_config(settings, cvat.organization)
-    client = CvatExporter(config)
-    try:
-        path = await client.export_task(
-            cvat.task_id, work / "export.zip", on_status=on_status, cancelled=cancelled
-        )
-    finally:
-        client.close()
+    config = client.config
     source: dict[str, str | int] = {"kind": "cvat", "url": config.url, "task_id": cvat.task_id}
     if config.organization:
         source["organization"] = config.organization

@@ -6,40 +6,25 @@ exists (exported for serving) or, failing that,
 listed with an empty ``serving_path``). Facts missing from the serving
 manifest are taken from the model's manifest. Keys read from a manifest:
 ``model_type``, ``classes``, ``metrics``, ``job_id``, ``created_at`` (ISO 8601),
-``input_size``. Blocking: call from a thread.
+``input_size``. Which versions are finished is read with
+``preannotate.layout``. Blocking: call from a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from preannotate import keys
+from preannotate import layout
 from preannotate.errors import BadEvent
-from preannotate.storage import MANIFEST, Storage, read_manifest
+from preannotate.storage import Storage, read_manifest
 from preannotate.v1 import common_pb2
-
-_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
 
 #: Lazy: resolved at each call, so it follows ``telemetry.logging.configure``.
 log = structlog.get_logger(component="models")
-
-
-def _versions(storage: Storage, root: str) -> dict[tuple[str, int], str]:
-    """{(name, version): prefix} of every finished version under ``root`` (``<ns>/<area>/``)."""
-    out: dict[tuple[str, int], str] = {}
-    for key in storage.list(root):
-        rest = key[len(root) :].split("/")
-        if len(rest) != 3 or rest[2] != MANIFEST or not _VERSION.fullmatch(rest[1]):
-            continue
-        if not keys.NAME_PATTERN.fullmatch(rest[0]):
-            continue
-        out[(rest[0], int(rest[1]))] = f"{root}{rest[0]}/{rest[1]}/"
-    return out
 
 
 def _manifest(storage: Storage, prefix: str) -> dict[str, Any]:
@@ -73,9 +58,11 @@ def _fill(model: common_pb2.Model, manifest: dict[str, Any]) -> None:
 
 def list_models(storage: Storage, namespace: str) -> list[common_pb2.Model]:
     """Every ready version of every model of ``namespace``, by name then version."""
-    keys.check_name(namespace, "namespace")
-    serving = _versions(storage, f"{namespace}/serving/")
-    trained = _versions(storage, keys.models_root(namespace))
+    serving = {
+        (v.name, v.version): v.prefix
+        for v in layout.finished(storage, namespace, area=layout.SERVING)
+    }
+    trained = {(v.name, v.version): v.prefix for v in layout.finished(storage, namespace)}
     out = []
     for name, version in sorted(set(serving) | set(trained)):
         model = common_pb2.Model(
@@ -92,23 +79,7 @@ def list_models(storage: Storage, namespace: str) -> list[common_pb2.Model]:
 
 def newest_serving(storage: Storage, namespace: str, name: str) -> common_pb2.ModelRef | None:
     """The newest version of ``name`` exported for serving, or None."""
-    root = keys.serving_base(namespace, name) + "/"
-    versions = [v for (_n, v) in _versions_of(storage, root)]
+    versions = layout.finished_versions(storage, namespace, name, area=layout.SERVING)
     if not versions:
         return None
-    return common_pb2.ModelRef(namespace=namespace, name=name, version=max(versions))
-
-
-def _versions_of(storage: Storage, root: str) -> list[tuple[str, int]]:
-    out = []
-    for key in storage.list(root):
-        rest = key[len(root) :].split("/")
-        if len(rest) == 2 and rest[1] == MANIFEST and _VERSION.fullmatch(rest[0]):
-            out.append(("", int(rest[0])))
-    return out
-
-
-def trained_versions(storage: Storage, namespace: str, name: str) -> list[int]:
-    """Versions of ``name`` whose training finished (their model manifest exists)."""
-    root = keys.models_root(namespace, name)
-    return sorted(v for (_n, v) in _versions_of(storage, root))
+    return common_pb2.ModelRef(namespace=namespace, name=name, version=versions[-1])

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from preannotate import catalog as catalog_module
+from preannotate import layout
 from preannotate.arguments import parse as parse_arguments
 from preannotate.arguments import parse_base_model
 from preannotate.errors import InvalidArgument, NotFound
-from preannotate.keys import check_name
+from preannotate.keys import check_name, default_model_name
 from preannotate.storage import Storage
 from preannotate.v1 import common_pb2, training_pb2
 from services.gateway import models
@@ -30,10 +31,6 @@ class TrainingRequest:
     cvat: common_pb2.CvatRef
     training: common_pb2.TrainingSpec
     details: dict[str, str] = field(default_factory=dict)
-
-
-def default_model_name(model_type: str, task_id: int) -> str:
-    return f"{model_type}-task{task_id}"
 
 
 class Catalog:
@@ -137,7 +134,7 @@ def _parse_arguments(text: str, entry, machine_gpus: int, gpus: int):
 
 def check_base_model_exists(storage: Storage, ref: common_pb2.ModelRef) -> None:
     """``NotFound`` unless the base model (its newest version when 0) finished training."""
-    versions = models.trained_versions(storage, ref.namespace, ref.name)
+    versions = layout.finished_versions(storage, ref.namespace, ref.name)
     if ref.version and ref.version in versions:
         return
     if not ref.version and versions:

@@ -3,7 +3,7 @@
 Transport-free: ``services.gateway.http`` hands the raw body and the signature
 header to ``WebhookDesk.handle`` and turns its ``Answer`` into an HTTP reply.
 
-What starts something (NOTES-cvat.md):
+What starts something (docs/cvat.md):
 
 - ``update:job`` whose ``state`` turns ``completed`` or whose ``stage`` turns
   ``acceptance``, in a project whose policy triggers per job: train on that job;

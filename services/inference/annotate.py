@@ -1,5 +1,5 @@
 """Pre-annotating a target (a CVAT task or job, or a local folder; see
-``services.inference.target``): the one domain function behind gRPC
+``services.inference.targets``): the one domain function behind gRPC
 AnnotateTask and the ``annotation.requested`` event.
 
 1. Read the target's labels and frames. Model classes map to labels by name;
@@ -32,7 +32,7 @@ from services.inference import images, metrics
 from services.inference.backends.base import ImageInput
 from services.inference.predictor import Predictor
 from services.inference.registry import ModelEntry
-from services.inference.target import FrameResult, Target, is_frame_problem
+from services.inference.targets import FrameResult, Target, is_frame_problem
 
 
 @dataclass

@@ -31,12 +31,11 @@ from preannotate.v1 import common_pb2, events_pb2
 from services.inference import images, metrics
 from services.inference.annotate import Annotator, Progress
 from services.inference.backends import Backend, make_backend
-from services.inference.cvat import CvatClient
 from services.inference.postprocess import Detected
 from services.inference.predictor import Predictor
 from services.inference.registry import ModelEntry, ModelRegistry, entry_from_event
 from services.inference.settings import InferenceSettings
-from services.inference.target import cvat_client, open_target
+from services.inference.targets import open_target
 
 SERVICE = "inference"
 #: Least seconds between two progress reports of one run (job status, events).
@@ -115,7 +114,7 @@ class InferenceApp:
     async def register(self, message: events_pb2.ModelConverted) -> tuple[ModelEntry, bool]:
         """Register a converted model and make it servable; (entry, whether new)."""
         registry, backend, _, _ = self._ready()
-        entry = entry_from_event(message)
+        entry = entry_from_event(message, default_namespace=self.settings.namespace)
         known = registry.get(*entry.key) is not None
         # Models other replicas registered are in storage: TF Serving's config
         # (replaced whole on reload) must keep them too.
@@ -161,10 +160,6 @@ class InferenceApp:
         return model, image.width, image.height, found
 
     # -- annotation runs -----------------------------------------------------------
-
-    def cvat_client(self, cvat: common_pb2.CvatRef) -> CvatClient:
-        """A client on the configured CVAT in the request's organisation."""
-        return cvat_client(self.settings, cvat)
 
     async def annotate(
         self,

@@ -8,7 +8,7 @@
                       "score", "attributes": {"occluded", "source", "score"}}]}
 
 The file's frame (licenses, info, categories, image entries) is
-``preannotate.cvat``'s ``coco_document`` and ``coco_image``; this module makes
+``preannotate.cvat.coco``'s ``coco_document`` and ``coco_image``; this module makes
 the annotations. Boxes are in pixels. A Mask R-CNN detection becomes the
 polygon of its mask's outline (bbox and area from the polygon and the mask);
 one too small to draw is left out, as in CVAT's polygon mode. ``attributes.source = "auto"`` makes

@@ -87,7 +87,7 @@ class InferenceHandlers:
         done = await self.app.annotate(
             AnnotationJob(
                 job_id=msg.job_id,
-                namespace=msg.namespace or "default",
+                namespace=msg.namespace or self.app.settings.namespace,
                 cvat=msg.cvat,
                 model=msg.model,
                 threshold=msg.threshold,

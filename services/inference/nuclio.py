@@ -14,7 +14,9 @@ A function is the newest version of one model, named
 ``preannotate.<namespace>.<model>`` (CVAT accepts ``[a-zA-Z0-9_.-]+``). What
 CVAT reads of a function (cvat/apps/lambda_manager/views.py): metadata.name,
 metadata.annotations.type / name / spec (a JSON *string* of labels) /
-version, spec.description, status.state and status.httpPort.
+version, spec.description, status.state and status.httpPort. Errors answer
+with the status of ``preannotate.http_errors`` (404 for an unknown function,
+400 for a bad invocation; CVAT hands the status on to its user).
 """
 
 from __future__ import annotations
@@ -26,16 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
-from preannotate.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    PreannotateError,
-    Unauthenticated,
-    Unavailable,
-)
-from preannotate.telemetry.logging import get_logger
+from preannotate.errors import InvalidArgument, NotFound, PreannotateError
+from preannotate.http_errors import error_response
 from preannotate.v1 import common_pb2
 from services.inference.app import InferenceApp
 from services.inference.registry import ModelEntry
@@ -43,16 +37,6 @@ from services.inference.shapes import nuclio_item
 
 PREFIX = "preannotate"
 NAME_HEADER = "x-nuclio-function-name"
-log = get_logger(component="nuclio")
-
-_STATUS: tuple[tuple[type[PreannotateError], int], ...] = (
-    (InvalidArgument, 400),
-    (Unauthenticated, 401),
-    (PermissionDenied, 403),
-    (NotFound, 404),
-    (FailedPrecondition, 409),
-    (Unavailable, 503),
-)
 
 
 def function_name(entry: ModelEntry) -> str:
@@ -106,16 +90,6 @@ def function_json(entry: ModelEntry, port: int) -> dict[str, Any]:
     }
 
 
-def _error(exc: BaseException) -> web.Response:
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return web.json_response({"error": str(exc)}, status=status)
-    log.error("Nuclio call failed", exc_info=exc)
-    return web.json_response(
-        {"error": "internal error; the server log has the details"}, status=500
-    )
-
-
 class NuclioApi:
     """Handlers of the three routes, over one ``InferenceApp``."""
 
@@ -137,7 +111,7 @@ class NuclioApi:
         try:
             latest = self.app.latest()
         except PreannotateError as exc:
-            return _error(exc)
+            return error_response(exc)
         return web.json_response({function_name(e): function_json(e, self.port) for e in latest})
 
     async def _entry(self, name: str) -> ModelEntry:
@@ -148,7 +122,7 @@ class NuclioApi:
         try:
             entry = await self._entry(request.match_info["name"])
         except PreannotateError as exc:
-            return _error(exc)
+            return error_response(exc)
         return web.json_response(function_json(entry, self.port))
 
     async def invoke(self, request: web.Request) -> web.Response:
@@ -174,5 +148,5 @@ class NuclioApi:
                 raise InvalidArgument(f'"threshold" {threshold!r} is not a number') from exc
             _, width, height, found = await self.app.predict(entry.ref, data, threshold, "image")
         except Exception as exc:  # a PreannotateError gets its status, any other a 500
-            return _error(exc)
+            return error_response(exc)
         return web.json_response([nuclio_item(d, width, height) for d in found])

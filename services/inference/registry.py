@@ -1,29 +1,27 @@
 """The models this service can serve, keyed by namespace / name / version.
 
 Filled from ``model.converted`` events and, at start, from the serving
-manifests in storage (``<namespace>/serving/<name>/<version>/manifest.json``),
-so a restarted service knows its models. Version 0 in a lookup means the
-newest version. A failed lookup first looks in storage again (another replica
-may have taken the event), then answers with what exists.
+manifests in storage (``<namespace>/serving/<name>/<version>/manifest.json``,
+found with ``preannotate.layout``), so a restarted service knows its models.
+Version 0 in a lookup means the newest version. A failed lookup first looks in
+storage again (another replica may have taken the event), then answers with
+what exists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from preannotate import keys
+from preannotate import keys, layout
+from preannotate.classes import parse_classes
 from preannotate.errors import InvalidArgument, NotFound
 from preannotate.storage import MANIFEST, Storage, read_manifest
 from preannotate.v1 import common_pb2, events_pb2
 
-_MANIFEST_KEY = re.compile(r"^([^/]+)/serving/([^/]+)/(\d+)/" + re.escape(MANIFEST) + "$")
 CLASSES_ASSET = "assets/classes.csv"
 
 
@@ -95,23 +93,12 @@ def _rfc3339(text: str) -> str:
     return text.replace("+00:00", "Z") if text.endswith("+00:00") else text
 
 
-def parse_classes_csv(data: bytes) -> tuple[str, ...]:
-    """Class names from a classes.csv: one name a row, or ``id,name`` rows (a header allowed)."""
-    rows = [r for r in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if r and any(r)]
-    if rows and [c.strip().lower() for c in rows[0]] in (["id", "name"], ["name"], ["class"]):
-        rows = rows[1:]
-    if rows and all(len(r) >= 2 and r[0].strip().isdigit() for r in rows):
-        rows.sort(key=lambda r: int(r[0]))
-        ids = [int(r[0]) for r in rows]
-        if ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] not in (0, 1):
-            raise InvalidArgument(f"classes.csv ids must run 1..K without gaps; got {ids}")
-        return tuple(r[1].strip() for r in rows)
-    return tuple(r[0].strip() for r in rows)
-
-
-def entry_from_event(msg: events_pb2.ModelConverted) -> ModelEntry:
-    """A ``ModelEntry`` from a ``model.converted`` event; ``InvalidArgument`` if it is unusable."""
-    namespace = keys.check_name(msg.namespace or msg.model.namespace or "default", "namespace")
+def entry_from_event(msg: events_pb2.ModelConverted, *, default_namespace: str) -> ModelEntry:
+    """A ``ModelEntry`` from a ``model.converted`` event; ``InvalidArgument`` if it is unusable.
+    An event that names no namespace is of the service's (``default_namespace``)."""
+    namespace = keys.check_name(
+        msg.namespace or msg.model.namespace or default_namespace, "namespace"
+    )
     name = keys.check_name(msg.model.name, "model name")
     version = keys.check_version(int(msg.model.version))
     expected = keys.serving_prefix(namespace, name, version)
@@ -152,7 +139,7 @@ def entry_from_manifest(
         classes = manifest.get("classes")
         if not classes:
             try:
-                classes = parse_classes_csv(storage.get(keys.join(prefix, CLASSES_ASSET)))
+                classes = parse_classes(storage.get(keys.join(prefix, CLASSES_ASSET)))
             except NotFound:
                 classes = ()
         if not classes:
@@ -244,35 +231,28 @@ class ModelRegistry:
         returns how many versions were new."""
         if self.storage is None:
             return 0
-        if namespace and name:
-            prefix = keys.serving_base(namespace, name) + "/"
-        elif namespace:
-            prefix = f"{keys.check_name(namespace, 'namespace')}/serving/"
-        else:
-            prefix = ""
-        found = await asyncio.to_thread(self._scan, prefix)
+        if not namespace:
+            namespace, name = None, None
+        found = await asyncio.to_thread(self._scan, namespace, name or None)
         return sum(self.add(e) for e in found)
 
-    def _scan(self, prefix: str) -> list[ModelEntry]:
+    def _scan(self, namespace: str | None, name: str | None) -> list[ModelEntry]:
         assert self.storage is not None
         out = []
-        for key in self.storage.list(prefix):
-            match = _MANIFEST_KEY.match(key)
-            if not match:
-                continue
-            namespace, name, version = match.group(1), match.group(2), int(match.group(3))
-            if (namespace, name, version) in self._entries:
+        for place in layout.finished(self.storage, namespace, name, area=layout.SERVING):
+            if (place.namespace, place.name, place.version) in self._entries:
                 continue
             try:
-                keys.check_name(namespace, "namespace")
-                keys.check_name(name, "model name")
-                manifest = read_manifest(
-                    self.storage, keys.serving_prefix(namespace, name, version)
-                )
+                manifest = read_manifest(self.storage, place.prefix)
                 if manifest is None:
                     continue
-                out.append(entry_from_manifest(namespace, name, version, manifest, self.storage))
+                out.append(
+                    entry_from_manifest(
+                        place.namespace, place.name, place.version, manifest, self.storage
+                    )
+                )
             except InvalidArgument as exc:
+                key = place.prefix + MANIFEST
                 self.broken[key] = str(exc)
                 if self.log is not None:
                     self.log.warning("serving manifest skipped", key=key, error=str(exc))

@@ -70,7 +70,7 @@ class InferenceSettings(CvatSettings):
     #: Frame quality fetched from CVAT: "original" or "compressed".
     cvat_frame_quality: Literal["original", "compressed"] = "original"
 
-    # Local folders as targets (CvatRef.url = file://<root>, see folder_target).
+    # Local folders as targets (CvatRef.url = file://<root>, see targets.folder).
     #: Whether a run may read <root>/images/default/ and write
     #: <root>/annotations/instances_default.json instead of a CVAT task.
     inference_allow_file_targets: bool = True

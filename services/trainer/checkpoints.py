@@ -14,8 +14,9 @@ once the files are local) is ``.../checkpoints/ckpt-<step>/ckpt-<step>``.
 ``upload()`` mirrors the local folder after every save: data files first, the
 index last, then it deletes the stored checkpoints the folder no longer holds.
 An index in storage therefore always has its data. ``download_latest()`` is
-the resume side: the newest checkpoint whose index is stored, downloaded, with
-a state file naming it, so the loop restores it and goes on from its step.
+the resume side: the newest complete checkpoint (``preannotate.layout``'s
+rule: its index and every data shard), downloaded, with a state file naming
+it, so the loop restores it and goes on from its step.
 """
 
 from __future__ import annotations
@@ -24,20 +25,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from preannotate import layout
 from preannotate.storage import Storage
 
 CHECKPOINTS = "checkpoints/"
 STATE_FILE = "checkpoint"
-_CKPT = re.compile(r"^ckpt-(\d+)\.(index|data-\d{5}-of-(\d{5}))$")
+_CKPT = re.compile(r"^ckpt-(\d+)\.(?:index|data-\d{5}-of-\d{5})$")
 
 
 @dataclass(frozen=True)
-class CheckpointRef:
+class CheckpointRef(layout.CheckpointFiles):
+    """A complete stored checkpoint (key ".../checkpoints/ckpt-<step>/ckpt-<step>")
+    and its step."""
+
     step: int
-    #: The checkpoint's storage key: ".../checkpoints/ckpt-<step>/ckpt-<step>".
-    key: str
-    #: Its file names (in the key's folder).
-    files: tuple[str, ...]
 
 
 def folder_key(prefix: str, step: int) -> str:
@@ -94,28 +95,12 @@ def stored_steps(storage: Storage, prefix: str) -> list[int]:
 
 
 def latest(storage: Storage, prefix: str) -> CheckpointRef | None:
-    """The newest stored checkpoint whose index and every data shard are there."""
+    """The newest stored checkpoint that is complete (its index and every data shard)."""
     for step in reversed(stored_steps(storage, prefix)):
-        folder = folder_key(prefix, step)
-        names = [key[len(folder) :] for key in storage.list(folder)]
-        data = [n for n in names if _step_of(n) == step and ".data-" in n]
-        if f"ckpt-{step}.index" not in names or not data:
-            continue
-        if len(data) != int(data[0].rsplit("-of-", 1)[1]):
-            continue
-        files = tuple(sorted([*data, f"ckpt-{step}.index"]))
-        return CheckpointRef(step, checkpoint_key(prefix, step), files)
+        found = layout.complete_checkpoint(storage, checkpoint_key(prefix, step))
+        if found is not None:
+            return CheckpointRef(found.key, found.files, step)
     return None
-
-
-def download(storage: Storage, ref: CheckpointRef, local_dir: Path) -> Path:
-    """Download one checkpoint's files into ``local_dir``; returns its local path prefix."""
-    local_dir = Path(local_dir)
-    local_dir.mkdir(parents=True, exist_ok=True)
-    folder = ref.key.rsplit("/", 1)[0] + "/"
-    for name in ref.files:
-        storage.download_file(folder + name, local_dir / name)
-    return local_dir / f"ckpt-{ref.step}"
 
 
 def download_latest(storage: Storage, prefix: str, local_dir: Path) -> CheckpointRef | None:
@@ -123,7 +108,7 @@ def download_latest(storage: Storage, prefix: str, local_dir: Path) -> Checkpoin
     ref = latest(storage, prefix)
     if ref is None:
         return None
-    download(storage, ref, local_dir)
+    layout.download_checkpoint(storage, ref, local_dir)
     (Path(local_dir) / STATE_FILE).write_text(
         f'model_checkpoint_path: "ckpt-{ref.step}"\nall_model_checkpoint_paths: "ckpt-{ref.step}"\n'
     )

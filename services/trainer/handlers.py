@@ -5,46 +5,46 @@
    namespace, the classes, masks for Mask R-CNN. A refusal is
    ``InvalidArgument``: the runner sends the record to the DLQ and marks the
    job failed with the message.
-2. A version of this job that is finished already (its manifest exists):
-   emit the same ``ModelTrained`` again, do nothing else.
+2. Claim the model version (``job.claim``): the ``TrainingRun`` that every
+   step of the job takes. A version of this job that is finished already (its
+   manifest exists): emit the same ``ModelTrained`` again, do nothing else.
 3. Run the job (``services.trainer.job``) in a thread; its progress reaches
-   ``job.status`` through ``ctx.report`` on the event loop, and the Prometheus
-   gauges (``metrics``). ``ctx.cancel_requested`` stops it at the next step
-   (``Cancelled``); ``ctx.stop_requested`` (shutdown) checkpoints and leaves
-   the record for redelivery (``Interrupted``).
+   ``job.status`` through ``preannotate.progress.ThreadReports`` (a report
+   that cannot be written is logged and counted, and training goes on), and
+   the Prometheus gauges (``metrics``). ``ctx.cancel_requested`` stops it at
+   the next step (``Cancelled``); ``ctx.stop_requested`` (shutdown)
+   checkpoints and leaves the record for redelivery (``Interrupted``).
+
+An event that names no namespace is the service's (``settings.namespace``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from preannotate import arguments, topics
 from preannotate.catalog import Catalog, default_catalog
 from preannotate.errors import InvalidArgument
 from preannotate.handler import Context, Outcome
-from preannotate.keys import check_name, dataset_prefix
+from preannotate.keys import check_name, dataset_prefix, default_model_name
+from preannotate.progress import ThreadReports
 from preannotate.storage.base import check_prefix
 from preannotate.v1 import common_pb2, events_pb2
 from services.trainer import job as job_lib
 from services.trainer import metrics
 from services.trainer.progress import TrainProgress
+from services.trainer.run import TrainingRequest, TrainingRun
 from services.trainer.settings import TrainerSettings
 
 STAGE = events_pb2.JOB_STAGE_TRAIN
 
 
-def default_model_name(model_type: str, task_id: int) -> str:
-    """The gateway's default (``<model type>-task<id>``), for events that name no model."""
-    return f"{model_type}-task{task_id}" if task_id else model_type
-
-
 def validate(
     msg: events_pb2.DatasetExported, settings: TrainerSettings, catalog: Catalog
-) -> job_lib.JobSpec:
-    """The job the event asks for, or ``InvalidArgument`` saying what to change."""
-    namespace = check_name(msg.namespace or "default", "namespace")
+) -> TrainingRequest:
+    """What the event asks for, or ``InvalidArgument`` saying what to change."""
+    namespace = check_name(msg.namespace or settings.namespace, "namespace")
     job_id = check_name(msg.job_id, "job id")
     training = msg.training
     if not training.model_type:
@@ -87,7 +87,7 @@ def validate(
     origin: dict[str, Any] = {}
     if msg.cvat.task_id:
         origin["cvat_task_id"] = msg.cvat.task_id
-    return job_lib.JobSpec(
+    return TrainingRequest(
         job_id=job_id,
         namespace=namespace,
         entry=entry,
@@ -124,47 +124,25 @@ def model_trained(
     )
 
 
-class _ThreadReporter:
-    """Hands the job thread's reports to the event loop (``ctx.report``) and the gauges."""
+class _JobReporter:
+    """The job's ``Reporter``: its lines go to job.status, its progress to the gauges too."""
 
-    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop, spec: job_lib.JobSpec):
-        self.ctx, self.loop, self.spec = ctx, loop, spec
-        self.pending: set[Any] = set()
-        self.model: common_pb2.ModelRef | None = None
-
-    def _send(self, **kwargs: Any) -> None:
-        future = asyncio.run_coroutine_threadsafe(
-            self.ctx.report(stage=STAGE, model=self.model, **kwargs), self.loop
-        )
-        self.pending.add(future)
-        future.add_done_callback(self.pending.discard)
-
-    def _model_from(self, details: dict[str, str]) -> None:
-        ref = details.get("model", "")
-        if ref.count("/") == 2 and self.model is None:
-            ns, name, version = ref.split("/")
-            self.model = common_pb2.ModelRef(namespace=ns, name=name, version=int(version))
+    def __init__(self, reports: ThreadReports, run: TrainingRun) -> None:
+        self.reports, self.run = reports, run
 
     def status(self, message: str, details: dict[str, str]) -> None:
-        self._model_from(details)
-        self._send(message=message, details=dict(details))
+        self.reports.send(message=message, details=details)
 
     def progress(self, progress: TrainProgress, details: dict[str, str]) -> None:
-        self._model_from(details)
-        metrics.observe(self.spec.job_id, self.spec.entry.name, progress)
+        request = self.run.request
+        metrics.observe(request.job_id, request.entry.name, progress)
         stage = f" (stage {progress.stage})" if progress.stage else ""
-        self._send(
+        self.reports.send(
             message=f"training: step {progress.step} of {progress.total}{stage}, "
             f"loss {progress.loss:.4f}",
             progress=progress.to_proto(),
-            details=dict(details),
+            details=details,
         )
-
-    async def settle(self) -> None:
-        """Wait (briefly) for the reports still on their way."""
-        for future in list(self.pending):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.wrap_future(future), timeout=10)
 
 
 async def handle_dataset_exported(
@@ -176,30 +154,33 @@ async def handle_dataset_exported(
 ) -> Outcome:
     """Train the model a DatasetExported asks for; emit ``model.trained``."""
     catalog = catalog or default_catalog()
-    spec = validate(msg, settings, catalog)
-    finished = await asyncio.to_thread(job_lib.find_finished, ctx.storage, spec)
+    request = validate(msg, settings, catalog)
+    run = await asyncio.to_thread(job_lib.claim, storage=ctx.storage, request=request)
+    finished = await asyncio.to_thread(job_lib.find_finished, storage=ctx.storage, run=run)
     if finished is not None:
         ctx.log.info("model already trained for this job; re-emitting", model=finished.prefix)
         return _outcome(msg, finished)
 
-    loop = asyncio.get_running_loop()
-    reporter = _ThreadReporter(ctx, loop, spec)
+    model = common_pb2.ModelRef(
+        namespace=request.namespace, name=request.model_name, version=run.version
+    )
+    reports = ThreadReports(ctx, asyncio.get_running_loop(), stage=STAGE, model=model)
     metrics.JOBS_RUNNING.inc()
     try:
         trained = await asyncio.to_thread(
-            job_lib.run,
-            ctx.storage,
-            settings,
-            spec,
-            catalog,
-            reporter,
+            job_lib.train,
+            storage=ctx.storage,
+            settings=settings,
+            run=run,
+            catalog=catalog,
+            reporter=_JobReporter(reports, run),
             should_stop=ctx.cancel_requested,
             should_interrupt=ctx.stop_requested,
         )
     finally:
         metrics.JOBS_RUNNING.dec()
-        metrics.forget(spec.job_id, spec.entry.name)
-        await reporter.settle()
+        metrics.forget(request.job_id, request.entry.name)
+        await reports.settle()
     return _outcome(msg, trained)
 
 

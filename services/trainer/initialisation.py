@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from preannotate import layout
 from preannotate.arguments import BaseModelRef
 from preannotate.catalog import Catalog, ModelEntry
 from preannotate.errors import InvalidArgument, NotFound
 from preannotate.storage import Storage
-from services.trainer import versions
 
 STORAGE_SCHEME = "storage:"
 PARTS = ("backbone", "decoder")
@@ -79,7 +79,7 @@ def _from_base(
     cache_dir: Path,
 ) -> InitSpec:
     try:
-        version, manifest = versions.resolve_ready(storage, base.namespace, base.name, base.version)
+        version, manifest = layout.resolve(storage, base.namespace, base.name, base.version)
     except NotFound as exc:
         raise InvalidArgument(
             f"base model {base}: {exc}; name a finished model of this namespace"
@@ -107,17 +107,9 @@ def _from_base(
 
 
 def _download_checkpoint(storage: Storage, key: str, folder: Path) -> str:
-    """Download every file of the checkpoint ``key`` (``.index``, ``.data-*``)."""
-    parent, stem = key.rsplit("/", 1)
-    names = [k for k in storage.list(parent + "/") if k.rsplit("/", 1)[1].startswith(stem + ".")]
-    if not any(n.endswith(".index") for n in names):
-        raise NotFound(f"checkpoint {key} is not in storage (no {stem}.index)")
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        target = folder / name.rsplit("/", 1)[1]
-        if not target.exists():
-            storage.download_file(name, target)
-    return str(folder / stem)
+    """Download the complete checkpoint ``key`` (kept in ``folder`` as a cache)."""
+    stored = layout.require_checkpoint(storage, key)
+    return str(layout.download_checkpoint(storage, stored, folder, keep_existing=True))
 
 
 def _fetch_coco(storage: Storage, location: str, cache_dir: Path) -> str:

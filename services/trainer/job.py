@@ -1,8 +1,9 @@
 """One training job, start to finish (blocking; the handler runs it in a thread).
 
-1. Claim the model's version (``versions``): the next free integer under
-   ``<ns>/models/<name>/``, or the one this job claimed before. A version
-   whose manifest exists is finished: return it and do nothing.
+1. Claim the model's version (``claim``, with ``versions``): the next free
+   integer under ``<ns>/models/<name>/``, or the one this job claimed before.
+   The ``TrainingRun`` it returns names the version and its storage keys; a
+   version whose manifest exists is finished (``find_finished``).
 2. Download the dataset (``dataset``) and resolve the plan (steps, batch, ...).
 3. Resume from the newest stored checkpoint, or decide how the model starts
    (``initialisation``: base model, COCO checkpoint, random).
@@ -21,43 +22,26 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from preannotate import arguments as arguments_lib
-from preannotate.arguments import Arguments, BaseModelRef, Plan
-from preannotate.catalog import Catalog, ModelEntry
+from preannotate.arguments import Plan
+from preannotate.catalog import Catalog
 from preannotate.classes import classes_csv
-from preannotate.errors import Interrupted, is_retryable
-from preannotate.keys import check_name, model_prefix
+from preannotate.errors import Interrupted, NotFound, is_retryable
+from preannotate.keys import check_name
 from preannotate.storage import PrefixWriter, Storage, read_manifest
 from services.trainer import checkpoints, dataset, initialisation, versions
+from services.trainer.dataset import LocalDataset
 from services.trainer.initialisation import InitSpec
 from services.trainer.progress import TrainProgress
+from services.trainer.run import TrainingRequest, TrainingRun
 from services.trainer.settings import TrainerSettings
 
 MANIFEST_KIND = "model"
-TRAINING_FILE = "training.json"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What the trainer was asked, validated (see ``handlers.validate``)."""
-
-    job_id: str
-    namespace: str
-    entry: ModelEntry
-    arguments: Arguments
-    base: BaseModelRef | None
-    model_name: str
-    dataset_prefix: str
-    classes: tuple[str, ...]
-    train_images: int
-    val_images: int
-    has_masks: bool
-    #: Extra facts for the manifest (CVAT task, ...).
-    origin: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,22 +83,33 @@ def trained_from_manifest(manifest: dict[str, Any], prefix: str) -> TrainedModel
     )
 
 
-def find_finished(storage: Storage, spec: JobSpec) -> TrainedModel | None:
-    """The finished model of this job, if an earlier delivery made it."""
-    version = versions.find_claim(storage, spec.namespace, spec.model_name, spec.job_id)
-    if version is None:
-        return None
-    prefix = model_prefix(spec.namespace, spec.model_name, version)
-    manifest = read_manifest(storage, prefix)
-    return trained_from_manifest(manifest, prefix) if manifest else None
+def claim(*, storage: Storage, request: TrainingRequest) -> TrainingRun:
+    """The run of ``request``: the version this job claimed before, or a fresh one."""
+    version = versions.claim(
+        storage,
+        request.namespace,
+        request.model_name,
+        request.job_id,
+        {"model_type": request.entry.name},
+    )
+    return TrainingRun(request=request, version=version)
+
+
+def find_finished(*, storage: Storage, run: TrainingRun) -> TrainedModel | None:
+    """The finished model of this run, if an earlier delivery made it."""
+    manifest = read_manifest(storage, run.prefix)
+    return trained_from_manifest(manifest, run.prefix) if manifest else None
 
 
 class _Folder:
     """The job's local work folder."""
 
-    def __init__(self, settings: TrainerSettings, spec: JobSpec) -> None:
+    def __init__(self, settings: TrainerSettings, run: TrainingRun) -> None:
+        request = run.request
         self.root = (
-            Path(settings.trainer_work_dir) / check_name(spec.namespace) / check_name(spec.job_id)
+            Path(settings.trainer_work_dir)
+            / check_name(request.namespace)
+            / check_name(request.job_id)
         )
         self.dataset = self.root / "dataset"
         self.model = self.root / "model"
@@ -127,7 +122,7 @@ class _TensorBoardSync:
     """Uploads the local TensorBoard folder's new or grown files."""
 
     def __init__(self, storage: Storage, local: Path, prefix: str) -> None:
-        self.storage, self.local, self.prefix = storage, local, prefix + "tensorboard/"
+        self.storage, self.local, self.prefix = storage, local, prefix
         self.sent: dict[str, tuple[int, float]] = {}
 
     def __call__(self) -> None:
@@ -142,73 +137,66 @@ class _TensorBoardSync:
                 self.sent[rel] = mark
 
 
-def run(
+def train(
+    *,
     storage: Storage,
     settings: TrainerSettings,
-    spec: JobSpec,
+    run: TrainingRun,
     catalog: Catalog,
     reporter: Reporter,
-    *,
-    should_stop=lambda: False,
-    should_interrupt=lambda: False,
+    should_stop: Callable[[], bool] = lambda: False,
+    should_interrupt: Callable[[], bool] = lambda: False,
 ) -> TrainedModel:
-    """Train ``spec`` to a finished model version (or return the one made before)."""
-    entry = spec.entry
-    version = versions.claim(
-        storage, spec.namespace, spec.model_name, spec.job_id, {"model_type": entry.name}
-    )
-    prefix = model_prefix(spec.namespace, spec.model_name, version)
-    found = read_manifest(storage, prefix)
+    """Train ``run`` to a finished model version (or return the one made before)."""
+    found = find_finished(storage=storage, run=run)
     if found is not None:
-        return trained_from_manifest(found, prefix)
+        return found
+    folder = _Folder(settings, run)
     try:
         return _train(
-            storage,
-            settings,
-            spec,
-            catalog,
-            reporter,
-            version,
-            prefix,
-            should_stop,
-            should_interrupt,
+            storage=storage,
+            settings=settings,
+            run=run,
+            catalog=catalog,
+            reporter=reporter,
+            folder=folder,
+            should_stop=should_stop,
+            should_interrupt=should_interrupt,
         )
     except BaseException as exc:
         if not (isinstance(exc, Interrupted) or is_retryable(exc)):
-            storage.delete_prefix(prefix)  # cancelled or failed for good: nothing half-written
-            shutil.rmtree(_Folder(settings, spec).root, ignore_errors=True)
+            storage.delete_prefix(run.prefix)  # cancelled or failed for good: nothing half-written
+            shutil.rmtree(folder.root, ignore_errors=True)
         raise
 
 
 def _train(
+    *,
     storage: Storage,
     settings: TrainerSettings,
-    spec: JobSpec,
+    run: TrainingRun,
     catalog: Catalog,
     reporter: Reporter,
-    version: int,
-    prefix: str,
-    should_stop,
-    should_interrupt,
+    folder: _Folder,
+    should_stop: Callable[[], bool],
+    should_interrupt: Callable[[], bool],
 ) -> TrainedModel:
-    entry = spec.entry
-    folder = _Folder(settings, spec)
-    model_ref = f"{spec.namespace}/{spec.model_name}/{version}"
-    details: dict[str, str] = {"model": model_ref, "version": str(version)}
-    reporter.status(f"downloading dataset {spec.dataset_prefix}", details)
-    data = dataset.fetch(storage, spec.dataset_prefix, folder.dataset)
-    plan = arguments_lib.resolve(spec.arguments, entry, spec.train_images)
+    request, prefix = run.request, run.prefix
+    entry = request.entry
+    details: dict[str, str] = {"model": str(run), "version": str(run.version)}
+    reporter.status(f"downloading dataset {request.dataset_prefix}", details)
+    data = dataset.fetch(storage, request.dataset_prefix, folder.dataset)
+    plan = arguments_lib.resolve(request.arguments, entry, request.train_images)
     details.update(plan.details())
 
     # Resume from storage's newest checkpoint, else decide how the model starts.
     shutil.rmtree(folder.model, ignore_errors=True)
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
     resume = checkpoints.download_latest(storage, prefix, folder.checkpoints)
-    previous = _read_json(storage, prefix + TRAINING_FILE)
+    previous = _read_json(storage, run.training_key)
     if resume is not None and previous.get("init"):
-        first = previous[
-            "init"
-        ]  # how the interrupted run started; its weights are in the checkpoint
+        # How the interrupted run started; its weights are in the checkpoint.
+        first = previous["init"]
         init = InitSpec(
             str(first.get("kind", "")),
             None,
@@ -220,8 +208,8 @@ def _train(
             storage,
             entry=entry,
             catalog=catalog,
-            classes=list(spec.classes),
-            base=spec.base,
+            classes=list(request.classes),
+            base=request.base,
             coco=settings.trainer_coco_checkpoints.get(entry.name),
             cache_dir=folder.cache,
         )
@@ -229,13 +217,13 @@ def _train(
     if resume is not None:
         details["resumed_from_step"] = str(resume.step)
     storage.put(
-        prefix + TRAINING_FILE,
+        run.training_key,
         json.dumps(
             {
-                "job_id": spec.job_id,
+                "job_id": request.job_id,
                 "init": {"kind": init.kind, "modules": list(init.modules), "source": init.source},
                 "plan": plan.details(),
-                "arguments": spec.arguments.text,
+                "arguments": request.arguments.text,
             },
             indent=2,
             sort_keys=True,
@@ -243,12 +231,12 @@ def _train(
     )
 
     # The experiment, and what travels beside the checkpoints.
-    params, session_inputs = _experiment(entry, plan, data, spec, settings, folder)
+    params, inputs = _experiment(run=run, plan=plan, data=data, settings=settings, folder=folder)
     from preannotate.vision import experiment as experiment_lib
 
     experiment_text = experiment_lib.dump(params)
     storage.put(prefix + "experiment.yaml", experiment_text.encode())
-    storage.put(prefix + "classes.csv", classes_csv(spec.classes).encode())
+    storage.put(prefix + "classes.csv", classes_csv(request.classes).encode())
 
     from services.trainer import training
 
@@ -263,7 +251,7 @@ def _train(
     uploaded: set[int] = set(checkpoints.stored_steps(storage, prefix)) & (
         {resume.step} if resume else set()
     )
-    tensorboard = _TensorBoardSync(storage, folder.tensorboard, prefix)
+    tensorboard = _TensorBoardSync(storage, folder.tensorboard, run.tensorboard_prefix)
 
     def on_checkpoint(step: int) -> None:
         checkpoints.upload(storage, folder.checkpoints, prefix, uploaded)
@@ -275,7 +263,7 @@ def _train(
         reporter.progress(progress, dict(details))
 
     reporter.status(
-        f"training {entry.name} {model_ref}: {plan.steps} steps"
+        f"training {entry.name} {run}: {plan.steps} steps"
         + (f", resuming at step {resumed_from}" if resumed_from else ""),
         details,
     )
@@ -287,7 +275,7 @@ def _train(
             on_progress=on_progress,
             on_checkpoint=on_checkpoint,
         ),
-        checkpoint_every=session_inputs.checkpoint_every,
+        checkpoint_every=inputs.checkpoint_every,
         summary_dir=folder.tensorboard / "train",
         summary_every=settings.trainer_summary_every,
         progress_seconds=settings.trainer_progress_seconds,
@@ -296,8 +284,8 @@ def _train(
     checkpoints.upload(storage, folder.checkpoints, prefix, uploaded)
 
     raw: dict[str, float] = {}
-    if plan.evaluate and spec.val_images > 0 and data.val_files:
-        reporter.status(f"evaluating {model_ref} on {spec.val_images} validation images", details)
+    if plan.evaluate and request.val_images > 0 and data.val_files:
+        reporter.status(f"evaluating {run} on {request.val_images} validation images", details)
         raw = session.evaluate(folder.tensorboard / "eval")
     tensorboard()
     from services.trainer import evaluation
@@ -305,116 +293,130 @@ def _train(
     metrics = evaluation.summary(raw)
     if raw:
         metrics["loss"] = outcome.loss
-    step = outcome.step
-    ckpt_key = checkpoints.checkpoint_key(prefix, step)
+    manifest = _manifest(
+        run=run,
+        plan=plan,
+        init=init,
+        step=outcome.step,
+        checkpoint=checkpoints.checkpoint_key(prefix, outcome.step),
+        metrics=metrics,
+    )
     manifest = _finish(
-        storage,
-        spec,
-        plan,
-        init,
-        version,
-        prefix,
-        step,
-        ckpt_key,
-        metrics,
-        raw,
-        experiment_text,
-        folder,
+        storage=storage,
+        run=run,
+        folder=folder,
+        experiment_text=experiment_text,
+        coco=raw,
+        manifest=manifest,
     )
     if not settings.trainer_keep_local:
         shutil.rmtree(folder.root, ignore_errors=True)
     return trained_from_manifest(manifest, prefix)
 
 
-def _experiment(entry, plan: Plan, data, spec: JobSpec, settings: TrainerSettings, folder):
+def _experiment(
+    *, run: TrainingRun, plan: Plan, data: LocalDataset, settings: TrainerSettings, folder: _Folder
+):
+    """The locked experiment config and the inputs it was built from."""
     from services.trainer import evaluation
     from services.trainer.configs import ExperimentInputs, build_experiment
 
+    request = run.request
     regenerate = not evaluation.numeric_source_ids(data.val_files or data.train_files)
     annotation = None
-    if plan.evaluate and spec.val_images > 0 and data.val_files:
+    if plan.evaluate and request.val_images > 0 and data.val_files:
         annotation = str(
             evaluation.write_annotations(
                 data.val_pattern,
                 folder.cache / "val_annotations.json",
-                include_mask=entry.has_masks,
+                include_mask=request.entry.has_masks,
                 regenerate_source_id=regenerate,
             )
         )
     inputs = ExperimentInputs(
-        num_classes=len(spec.classes) + 1,
+        num_classes=len(request.classes) + 1,
         train_pattern=data.train_pattern,
         val_pattern=data.val_pattern if data.val_files else data.train_pattern,
         annotation_file=annotation,
         regenerate_source_id=regenerate,
         eval_batch_size=settings.trainer_eval_batch_per_replica * plan.num_clones,
-        val_images=spec.val_images,
+        val_images=request.val_images,
         checkpoint_every=plan.checkpoint_every or settings.trainer_checkpoint_every,
     )
-    return build_experiment(entry, plan, inputs), inputs
+    return build_experiment(request.entry, plan, inputs), inputs
+
+
+def _manifest(
+    *,
+    run: TrainingRun,
+    plan: Plan,
+    init: InitSpec,
+    step: int,
+    checkpoint: str,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """The model version's manifest (``PrefixWriter.commit`` adds its files)."""
+    request, entry = run.request, run.request.entry
+    return {
+        "kind": MANIFEST_KIND,
+        "job_id": request.job_id,
+        "namespace": request.namespace,
+        "name": request.model_name,
+        "version": run.version,
+        "model_type": entry.name,
+        "family": entry.family,
+        "experiment": entry.experiment,
+        "backbone": entry.backbone,
+        "classes": list(request.classes),
+        "num_classes": len(request.classes) + 1,
+        "has_masks": entry.has_masks,
+        "input_size": plan.input_size,
+        "steps": step,
+        "checkpoint": checkpoint,
+        "metrics": metrics,
+        "init": init.details(),
+        "plan": plan.details(),
+        "arguments": request.arguments.text,
+        "dataset_prefix": request.dataset_prefix,
+        "base_model": str(request.base) if request.base else "",
+        **({"origin": request.origin} if request.origin else {}),
+    }
 
 
 def _finish(
+    *,
     storage: Storage,
-    spec: JobSpec,
-    plan: Plan,
-    init: InitSpec,
-    version: int,
-    prefix: str,
-    step: int,
-    ckpt_key: str,
-    metrics: dict[str, float],
-    raw: dict[str, float],
-    experiment_text: str,
+    run: TrainingRun,
     folder: _Folder,
+    experiment_text: str,
+    coco: dict[str, float],
+    manifest: dict[str, Any],
 ) -> dict[str, Any]:
     """metrics.json, then the manifest last (with every file of the version)."""
-    entry = spec.entry
-    writer = PrefixWriter(storage, prefix)
+    request, step = run.request, manifest["steps"]
+    writer = PrefixWriter(storage, run.prefix)
     writer.put("experiment.yaml", experiment_text.encode())
-    writer.put("classes.csv", classes_csv(spec.classes).encode())
+    writer.put("classes.csv", classes_csv(request.classes).encode())
     writer.put(
         "metrics.json",
         json.dumps(
-            {"metrics": metrics, "coco": raw, "step": step, "val_images": spec.val_images},
+            {
+                "metrics": manifest["metrics"],
+                "coco": coco,
+                "step": step,
+                "val_images": request.val_images,
+            },
             indent=2,
             sort_keys=True,
         ).encode(),
     )
-    ckpt_folder = ckpt_key.rsplit("/", 1)[0] + "/"
+    checkpoint_folder = manifest["checkpoint"].rsplit("/", 1)[0] + "/"
     for path in sorted(folder.checkpoints.glob(f"ckpt-{step}.*")):
-        writer.record(ckpt_folder[len(prefix) :] + path.name, path)
-    return writer.commit(
-        {
-            "kind": MANIFEST_KIND,
-            "job_id": spec.job_id,
-            "namespace": spec.namespace,
-            "name": spec.model_name,
-            "version": version,
-            "model_type": entry.name,
-            "family": entry.family,
-            "experiment": entry.experiment,
-            "backbone": entry.backbone,
-            "classes": list(spec.classes),
-            "num_classes": len(spec.classes) + 1,
-            "has_masks": entry.has_masks,
-            "input_size": plan.input_size,
-            "steps": step,
-            "checkpoint": ckpt_key,
-            "metrics": metrics,
-            "init": init.details(),
-            "plan": plan.details(),
-            "arguments": spec.arguments.text,
-            "dataset_prefix": spec.dataset_prefix,
-            "base_model": str(spec.base) if spec.base else "",
-            **({"origin": spec.origin} if spec.origin else {}),
-        }
-    )
+        writer.record(checkpoint_folder[len(run.prefix) :] + path.name, path)
+    return writer.commit(manifest)
 
 
 def _read_json(storage: Storage, key: str) -> dict[str, Any]:
-    from preannotate.errors import NotFound
-
     try:
         return json.loads(storage.get(key))
     except (NotFound, json.JSONDecodeError):

@@ -1,8 +1,10 @@
 """Training progress: what the loop reports, and when.
 
-``ProgressClock`` decides when a report is due (every N seconds, and always at
-the first and last step), measures images per second over the last interval,
-and estimates the time left from the rate so far.
+``TrainProgress`` is one report of the loop (its ``to_proto`` is the job
+status's ``Progress``). ``ProgressClock`` decides when a report is due (every
+N seconds, and always at the first and last step), measures images per second
+over the last interval, and estimates the time left from the step rate,
+smoothed over the intervals so far.
 """
 
 from __future__ import annotations

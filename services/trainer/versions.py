@@ -2,43 +2,31 @@
 
 A job claims ``<ns>/models/<name>/<version>/`` by writing
 ``claims/<job_id>/claim.json`` under it (a folder per claim, so a claim can be
-withdrawn with the storage's delete-by-prefix). The version is the next free integer (one
-above every version folder that has anything in it). Storage offers no
-compare-and-swap, so after writing its claim a job lists the claims of that
-version: it keeps the version only when its claim is the only one, else it
+withdrawn with the storage's delete-by-prefix). The version is the next free
+integer (one above every version folder that has anything in it:
+``layout.version_folders``). Storage offers no compare-and-swap, so after
+writing its claim a job lists the claims of that version: it keeps the version only when its claim is the only one, else it
 withdraws and tries the next, after a short random wait. A redelivered job
 finds its own claim and so its version (and its checkpoints) again.
+
+Which versions are finished is read with ``preannotate.layout``.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from preannotate.errors import Unavailable
-from preannotate.keys import check_name, model_prefix, models_root
-from preannotate.storage import MANIFEST, Storage, read_manifest
+from preannotate.keys import check_name, model_prefix
+from preannotate.layout import version_folders
+from preannotate.storage import Storage
 
 CLAIMS = "claims/"
-_VERSION = re.compile(r"^(\d+)/")
 _ATTEMPTS = 20
-
-
-def _versions(storage: Storage, namespace: str, name: str) -> dict[int, list[str]]:
-    """Every version folder under the model name, with the keys below it (relative)."""
-    root = models_root(namespace, name)
-    found: dict[int, list[str]] = {}
-    for key in storage.list(root):
-        match = _VERSION.match(key[len(root) :])
-        if match and int(match.group(1)) >= 1:
-            found.setdefault(int(match.group(1)), []).append(key[len(root) + len(match.group(0)) :])
-    return found
-
-
 CLAIM_FILE = "claim.json"
 
 
@@ -49,7 +37,7 @@ def claim_prefix(namespace: str, name: str, version: int, job_id: str) -> str:
 def find_claim(storage: Storage, namespace: str, name: str, job_id: str) -> int | None:
     """The version this job claimed earlier, if any."""
     mine = CLAIMS + job_id + "/" + CLAIM_FILE
-    for version, rel in sorted(_versions(storage, namespace, name).items()):
+    for version, rel in sorted(version_folders(storage, namespace, name).items()):
         if mine in rel:
             return version
     return None
@@ -72,7 +60,7 @@ def claim(
         {"job_id": job_id, "claimed_at": datetime.now(UTC).isoformat(), **info}, sort_keys=True
     ).encode()
     for _ in range(_ATTEMPTS):
-        versions = _versions(storage, namespace, name)
+        versions = version_folders(storage, namespace, name)
         version = max(versions, default=0) + 1
         mine = claim_prefix(namespace, name, version, job_id)
         storage.put(mine + CLAIM_FILE, body)
@@ -86,26 +74,3 @@ def claim(
         storage.delete_prefix(mine)  # another job claimed it too: both move on
         sleep(random.uniform(0.05, 0.5))
     raise Unavailable(f"could not claim a version of model {namespace}/{name}: too many at once")
-
-
-def ready_versions(storage: Storage, namespace: str, name: str) -> list[int]:
-    """Versions of the model whose manifest exists (finished), oldest first."""
-    return sorted(v for v, rel in _versions(storage, namespace, name).items() if MANIFEST in rel)
-
-
-def resolve_ready(storage: Storage, namespace: str, name: str, version: int) -> tuple[int, dict]:
-    """(version, manifest) of a finished model version; version 0 means the newest.
-
-    Raises ``NotFound`` (via the caller's message) when there is none.
-    """
-    from preannotate.errors import NotFound
-
-    if version == 0:
-        ready = ready_versions(storage, namespace, name)
-        if not ready:
-            raise NotFound(f"model {namespace}/{name} has no finished version")
-        version = ready[-1]
-    manifest = read_manifest(storage, model_prefix(namespace, name, version))
-    if manifest is None:
-        raise NotFound(f"model {namespace}/{name}/{version} does not exist or is not finished")
-    return version, manifest

@@ -33,12 +33,19 @@ def event(**overrides) -> events_pb2.ModelTrained:
     return events_pb2.ModelTrained(**values)
 
 
-def model_prefix(storage, *, experiment=True, classes="id,name\n1,a\n2,b\n", data=True, index=True):
+def model_prefix(
+    storage,
+    *,
+    experiment=True,
+    classes="id,name\n1,a\n2,b\n",
+    data=("00000-of-00001",),
+    index=True,
+):
     with PrefixWriter(storage, PREFIX) as out:
         if index:
             out.put("checkpoints/ckpt-5/ckpt-5.index", b"index")
-        if data:
-            out.put("checkpoints/ckpt-5/ckpt-5.data-00000-of-00001", b"data")
+        for shard in data:
+            out.put(f"checkpoints/ckpt-5/ckpt-5.data-{shard}", b"data")
         out.put("checkpoints/ckpt-50/ckpt-50.index", b"other")
         if experiment:
             out.put("experiment.yaml", b"task: {}\n")
@@ -48,7 +55,7 @@ def model_prefix(storage, *, experiment=True, classes="id,name\n1,a\n2,b\n", dat
 
 
 def test_the_place_of_a_model():
-    place = fetch.place_of(event())
+    place = fetch.place_of(event(), default_namespace="default")
     assert place.model_prefix == PREFIX
     assert place.serving_prefix == "default/serving/m1/2/"
     assert place.base_path == "default/serving/m1"
@@ -82,11 +89,11 @@ def test_the_place_of_a_model():
 )
 def test_bad_events_are_refused(overrides, error, says):
     with pytest.raises(error, match=says):
-        fetch.place_of(event(**overrides))
+        fetch.place_of(event(**overrides), default_namespace="default")
 
 
 def test_checkpoint_keys_stay_under_the_model():
-    place = fetch.place_of(event())
+    place = fetch.place_of(event(), default_namespace="default")
     assert fetch.checkpoint_key(place, CKPT) == CKPT
     assert fetch.checkpoint_key(place, "checkpoints/ckpt-5/ckpt-5") == CKPT
     with pytest.raises(InvalidArgument, match="not under the model's prefix"):
@@ -98,11 +105,14 @@ def test_checkpoint_keys_stay_under_the_model():
 
 
 def test_fetch_copies_the_checkpoint_experiment_and_classes(local_storage, tmp_path):
-    model_prefix(local_storage)
-    files = fetch.fetch_model(local_storage, event(), fetch.place_of(event()), tmp_path / "m")
+    model_prefix(local_storage, data=("00000-of-00002", "00001-of-00002"))
+    files = fetch.fetch_model(
+        local_storage, event(), fetch.place_of(event(), default_namespace="default"), tmp_path / "m"
+    )
     assert files.checkpoint == tmp_path / "m" / "checkpoint" / "ckpt-5"
     assert sorted(p.name for p in files.checkpoint.parent.iterdir()) == [
-        "ckpt-5.data-00000-of-00001",
+        "ckpt-5.data-00000-of-00002",
+        "ckpt-5.data-00001-of-00002",
         "ckpt-5.index",
     ]
     assert files.experiment.read_text() == "task: {}\n"
@@ -111,7 +121,9 @@ def test_fetch_copies_the_checkpoint_experiment_and_classes(local_storage, tmp_p
 
 def test_classes_csv_is_written_from_the_event_when_missing(local_storage, tmp_path):
     model_prefix(local_storage, classes=None)
-    files = fetch.fetch_model(local_storage, event(), fetch.place_of(event()), tmp_path / "m")
+    files = fetch.fetch_model(
+        local_storage, event(), fetch.place_of(event(), default_namespace="default"), tmp_path / "m"
+    )
     assert files.classes_csv.read_text() == "id,name\n1,a\n2,b\n"
 
 
@@ -119,7 +131,10 @@ def test_classes_csv_is_written_from_the_event_when_missing(local_storage, tmp_p
     ("layout", "overrides", "error", "says"),
     [
         ({"experiment": False}, {}, FailedPrecondition, "has no experiment.yaml"),
-        ({"data": False}, {}, FailedPrecondition, "is incomplete in storage"),
+        ({"data": ()}, {}, FailedPrecondition, "is incomplete in storage"),
+        # One shard of two: the strict rule of preannotate.layout, as in the trainer.
+        ({"data": ("00000-of-00002",)}, {}, FailedPrecondition, r"missing ckpt-5\.data-00001-of"),
+        ({"data": (), "index": False}, {}, FailedPrecondition, "ckpt-5 is not in storage"),
         ({"index": False}, {}, FailedPrecondition, "needs ckpt-5.index"),
         ({"classes": "id,name\n1,a\n2,c\n"}, {}, InvalidArgument, "differ from classes.csv"),
         ({"classes": None}, {"classes": []}, InvalidArgument, "lists no classes"),
@@ -131,7 +146,9 @@ def test_a_broken_model_prefix_says_what_is_missing(
     model_prefix(local_storage, **layout)
     msg = event(**overrides)
     with pytest.raises(error, match=says):
-        fetch.fetch_model(local_storage, msg, fetch.place_of(msg), tmp_path / "m")
+        fetch.fetch_model(
+            local_storage, msg, fetch.place_of(msg, default_namespace="default"), tmp_path / "m"
+        )
 
 
 def test_an_unfinished_model_is_refused_and_nothing_is_written(local_storage, tmp_path):
@@ -142,3 +159,15 @@ def test_an_unfinished_model_is_refused_and_nothing_is_written(local_storage, tm
         asyncio.run(handle_model_trained(event(), ctx, settings=settings))
     assert local_storage.list("default/serving/") == []
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_an_event_without_a_namespace_is_of_the_services():
+    msg = event(
+        namespace="",
+        model=common_pb2.ModelRef(name="m1", version=2),
+        model_prefix="team-b/models/m1/2/",
+        checkpoint="team-b/models/m1/2/checkpoints/ckpt-5/ckpt-5",
+    )
+    place = fetch.place_of(msg, default_namespace="team-b")
+    assert place.model_prefix == "team-b/models/m1/2/"
+    assert place.serving_prefix.startswith("team-b/serving/m1/2")

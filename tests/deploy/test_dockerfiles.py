@@ -89,14 +89,51 @@ def test_dockerfile(name: str) -> None:
     assert "9100" in exposed
 
 
+def resolved_extra(extras: dict[str, list[str]], name: str) -> list[str]:
+    """The requirements of one extra, with ``preannotate[a,b]`` references expanded."""
+    out: list[str] = []
+    for dep in extras[name]:
+        ref = re.fullmatch(r"preannotate\[([\w,-]+)\]", dep)
+        if ref:
+            for inner in ref[1].split(","):
+                out += resolved_extra(extras, inner)
+        else:
+            out.append(dep)
+    return out
+
+
 def test_light_extras_bring_no_tensorflow() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     for name in ("gateway", "exporter"):
-        assert not [d for d in extras[name] if d.lower().startswith("tensorflow")], name
+        deps = resolved_extra(extras, name)
+        assert not [d for d in deps if d.lower().startswith("tensorflow")], name
     assert not [d for d in project["dependencies"] if d.lower().startswith("tensorflow")]
     for name in ("trainer", "converter", "inference"):
-        assert any(d.startswith("tensorflow==2.20") for d in extras[name]), name
+        assert any(d.startswith("tensorflow==2.20") for d in resolved_extra(extras, name)), name
+
+
+def test_model_garden_comes_without_its_dependency_list() -> None:
+    """tf-models-official is pinned once, installed with --no-deps where it is needed,
+    and every image checks afterwards that all of its service's modules import."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    everything = [d for name in extras for d in resolved_extra(extras, name)]
+    assert not [d for d in everything if d.startswith("tf-models-official")]
+    pins = [
+        line
+        for line in (REPO / "requirements" / "model-garden.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert pins == ["tf-models-official==2.20.0"]
+    for name in SERVICES:
+        runs = " ".join(
+            rest for w, rest in instructions(REPO / "services" / name / "Dockerfile") if w == "RUN"
+        )
+        needs_garden = name in ("trainer", "converter")
+        assert ("--no-deps -r requirements/model-garden.txt" in runs) is needs_garden, name
+        assert f"-m preannotate.importcheck services.{name}" in runs, name
 
 
 def test_build_context_keeps_only_what_the_images_need() -> None:
@@ -106,7 +143,7 @@ def test_build_context_keeps_only_what_the_images_need() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*"
-    for kept in ("!pyproject.toml", "!README.md", "!preannotate/", "!services/"):
+    for kept in ("!pyproject.toml", "!README.md", "!preannotate/", "!services/", "!requirements/"):
         assert kept in lines
     copied = {
         rest.split()[0]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from preannotate.classes import read_classes_csv
+from preannotate.classes import classes_csv
 from preannotate.errors import InvalidArgument
 from services.exporter.coco import read_export
 from services.exporter.convert import ConvertOptions, convert_export
@@ -221,7 +221,7 @@ def test_counts_splits_and_files(mixed):
     assert any(len(d["groundtruth_classes"]) for d in decoded.values() if d["split"] == "val")
     assert result.splits["train"].negatives + result.splits["val"].negatives == 2
     assert result.notes == {"shape dropped: empty box or box outside the image": 1}
-    assert read_classes_csv((out / "classes.csv").read_text()) == ["cat", "dog"]
+    assert (out / "classes.csv").read_text() == classes_csv(["cat", "dog"])
     assert (out / "label_map.pbtxt").read_text() == (
         'item {\n  id: 1\n  name: "cat"\n}\n\nitem {\n  id: 2\n  name: "dog"\n}\n'
     )

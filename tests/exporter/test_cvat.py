@@ -114,7 +114,7 @@ async def test_an_annotated_task_becomes_records_with_its_shapes(cvat, ctx, stor
     assert event.train.images + event.val.images == 10
     assert event.train.boxes + event.val.boxes == len(cvat.annotations(task_id))
     posts = [r for r in cvat.request_log if r.method == "POST"]
-    assert posts[0].query == {"format": "COCO 1.0", "save_images": "True"}
+    assert posts[0].query == {"format": "COCO 1.0", "save_images": "true"}
     assert posts[0].headers["Authorization"] == "Bearer secret-token"
     assert posts[0].headers["X-Organization"] == "acme"
     assert any("preparing the export" in r["message"] for r in ctx.reports)
@@ -151,10 +151,12 @@ async def test_a_few_5xx_are_retried(cvat, ctx, storage, make_settings):
 
 
 async def test_a_refused_token_is_not_retried(cvat, ctx, storage, make_settings):
+    """The operator's configuration is wrong: FailedPrecondition, as in the inference
+    service (it was InvalidArgument here before the two clients became one)."""
     task_id = _task(cvat, n=4)
     settings = make_settings(cvat_url=cvat.url, cvat_token="wrong", cvat_organization="acme")
     with pytest.raises(
-        InvalidArgument,
+        FailedPrecondition,
         match=r"CVAT answered 401.*Invalid token.*"
         r"PREANNOTATE_CVAT_TOKEN",
     ):
@@ -165,7 +167,7 @@ async def test_a_refused_token_is_not_retried(cvat, ctx, storage, make_settings)
 
 async def test_no_token_configured(cvat, ctx, make_settings):
     settings = make_settings(cvat_url=cvat.url, cvat_token="")
-    with pytest.raises(InvalidArgument, match="no CVAT token is configured"):
+    with pytest.raises(FailedPrecondition, match="no CVAT token is configured"):
         await handle_task_annotated(_msg(1), ctx, settings=settings)
 
 
@@ -250,3 +252,16 @@ async def test_one_broken_frame_does_not_fail_the_job(cvat, ctx, storage, make_s
     assert reason.startswith("image skipped: not a readable image") and count == 1
     assert "frame_000002.jpg" in manifest["note_details"][0]
     assert "image skipped" in ctx.reports[-1]["details"]["export_notes"]
+
+
+async def test_an_export_over_the_size_limit(cvat, ctx, storage, make_settings):
+    task_id = _task(cvat, n=4)
+    settings = make_settings(
+        cvat_url=cvat.url, cvat_organization="acme", export_max_archive_bytes=1000
+    )
+    with pytest.raises(
+        InvalidArgument, match=r"larger than the limit of 1000 bytes \(PREANNOTATE_EXPORT_MAX"
+    ):
+        await handle_task_annotated(_msg(task_id), ctx, settings=settings)
+    assert storage.list(PREFIX) == []
+    assert list(settings.export_work_dir.iterdir()) == []

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from preannotate.errors import Cancelled, InvalidArgument, NotFound
+from preannotate.errors import Cancelled, InvalidArgument, NotFound, Unavailable
 from preannotate.v1 import common_pb2, events_pb2
 from services.exporter.handlers import handle_task_annotated
 from tests.exporter.cocozip import Builder, raw_zip
+from tests.fakes import FakeContext
 
 W, H = 48, 40
 PREFIX = "default/datasets/job-1/"
@@ -187,7 +188,7 @@ async def test_file_import_rules(tmp_path, ctx, make_settings):
 async def test_another_cvat_is_refused(ctx, make_settings):
     msg = _msg("http://elsewhere:8080")
     msg.cvat.task_id = 3
-    with pytest.raises(InvalidArgument, match="configured for 'http://cvat:8080'"):
+    with pytest.raises(InvalidArgument, match=r"not this deployment's CVAT \('http://cvat:8080'"):
         await handle_task_annotated(msg, ctx, settings=make_settings(cvat_url="http://cvat:8080"))
 
 
@@ -204,3 +205,35 @@ async def test_bad_job_id_is_refused(ctx, make_settings):
         await handle_task_annotated(
             _msg("file:///x.zip", job_id="../etc"), ctx, settings=make_settings()
         )
+
+
+async def test_an_event_without_namespace_is_the_services(tmp_path, ctx, storage, make_settings):
+    msg = _msg(f"file://{_export(tmp_path / 'e.zip')}")
+    msg.namespace = ""
+    outcome = await handle_task_annotated(msg, ctx, settings=make_settings(namespace="team"))
+    event = outcome.emits[0].message
+    assert event.namespace == "team" and event.dataset_prefix == "team/datasets/job-1/"
+    assert storage.list(PREFIX) == [] and storage.exists("team/datasets/job-1/manifest.json")
+
+    again = await handle_task_annotated(msg, ctx, settings=make_settings(namespace="team"))
+    assert again.emits[0].message == event  # found again under the same namespace
+
+
+class _ProgressWritesFail(FakeContext):
+    """Conversion progress reports (sent from the worker thread) cannot be written."""
+
+    async def report(self, **kwargs):
+        if kwargs["message"].startswith("converting:"):
+            raise Unavailable("job.status: the broker is down")
+        await super().report(**kwargs)
+
+
+async def test_failed_progress_writes_do_not_fail_the_export(tmp_path, storage, make_settings):
+    ctx = _ProgressWritesFail(storage)
+    zip_path = _export(tmp_path / "e.zip")
+    outcome = await handle_task_annotated(_msg(f"file://{zip_path}"), ctx, settings=make_settings())
+    assert outcome.emits[0].message.dataset_prefix == PREFIX
+    assert storage.exists(PREFIX + "manifest.json")
+    assert "dataset ready" in ctx.reports[-1]["message"]
+    failed = [f for level, event, f in ctx.log.lines if event == "status report failed"]
+    assert failed and "broker is down" in failed[0]["error"]

@@ -70,13 +70,13 @@ def test_the_spec_has_one_route():
     assert route.once
 
 
-def test_the_exporter_imports_no_tensorflow():
+def test_the_exporter_imports_no_tensorflow_and_no_cvat_sdk():
     code = (
         "import sys\n"
         "import services.exporter.main, services.exporter.handlers, services.exporter.convert\n"
-        "import services.exporter.cvat_client, services.exporter.source\n"
+        "import preannotate.cvat.export, services.exporter.source\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('tensorflow', 'keras', 'tf_keras', 'official', 'pycocotools'))\n"
+        "('tensorflow', 'keras', 'tf_keras', 'official', 'matplotlib', 'cvat_sdk'))\n"
         "print(heavy)\n"
     )
     out = subprocess.run(

@@ -204,6 +204,44 @@ def test_tokens_file_entries_are_checked():
         assert says in str(info.value), (data, str(info.value))
 
 
+def test_a_bad_tokens_file_is_named_with_each_bad_entry(tmp_path):
+    path = tmp_path / "tokens.yaml"
+    path.write_text(
+        "tokens:\n"
+        "  - {name: alice, token: a-long-enough-token-1, namespaces: [team-a]}\n"
+        "  - {name: bob, token: short, namespaces: [team-b], role: admin}\n"
+        "  - 5\n"
+    )
+    with pytest.raises(InvalidArgument) as info:
+        TokenTable.load(path)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"tokens file {str(path)!r} is not valid:"
+    assert lines[1:] == [
+        "  tokens[1] (bob): a token must be a string of 16+ characters",
+        "  tokens[1] (bob): unknown keys ['role']; allowed: name, token, sha256, namespaces",
+        "  tokens[2]: expected a mapping, got int",
+    ]
+
+
+def test_the_accepted_format_is_unchanged():
+    # names written as numbers are their text; keys beside 'tokens' are ignored;
+    # '*' among namespaces means every namespace
+    digest = hashlib.sha256(b"s3cr3t-token-value-1").hexdigest()
+    table = TokenTable.parse(
+        {
+            "version": 1,
+            "tokens": [
+                {"name": 7, "token": "a-long-enough-token-1", "namespaces": ["team-a", "team-b"]},
+                {"name": "ci", "sha256": digest.upper(), "namespaces": ["team-a", "*"]},
+            ],
+        }
+    )
+    first, second = table.entries
+    assert (first.name, first.namespaces) == ("7", frozenset({"team-a", "team-b"}))
+    assert (second.name, second.namespaces) == ("ci", None)
+    assert table.lookup("s3cr3t-token-value-1") is second
+
+
 def test_a_token_is_found_by_its_hash():
     token = "s3cr3t-token-value-1"
     table = TokenTable.parse(

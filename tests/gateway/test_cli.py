@@ -1,4 +1,4 @@
-"""The client commands (services.gateway.cli) against a running gateway."""
+"""The client commands (preannotate.cli.training) against a running gateway."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 
 from preannotate import topics
+from preannotate.cli import training as cli
 from preannotate.status import snapshot
 from preannotate.v1 import common_pb2, events_pb2
-from services.gateway import cli
 from tests.gateway.conftest import TOKEN_A, write_model
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-import structlog
+from structlog.testing import capture_logs
 
 from preannotate import errors
 from preannotate.grpc_errors import ErrorInterceptor
@@ -25,6 +25,7 @@ RAISES = {
     "precondition": errors.FailedPrecondition("job ended"),
     "cancelled": errors.Cancelled("cancelled by alice"),
     "unavailable": errors.Unavailable("CVAT answered 503"),
+    "interrupted": errors.Interrupted("the service is shutting down"),
     "crash": ZeroDivisionError("secret path /etc/shadow in the message"),
 }
 CODES = {
@@ -38,6 +39,7 @@ CODES = {
     "precondition": grpc.StatusCode.FAILED_PRECONDITION,
     "cancelled": grpc.StatusCode.CANCELLED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "interrupted": grpc.StatusCode.UNAVAILABLE,
     "crash": grpc.StatusCode.INTERNAL,
 }
 
@@ -117,18 +119,8 @@ async def test_streams_that_succeed_are_untouched(channel, method):
 
 
 async def test_unknown_errors_are_logged_with_the_reference(channel):
-    captured = []
-
-    def keep(_logger, _method, event_dict):
-        captured.append(dict(event_dict))
-        raise structlog.DropEvent
-
-    structlog.configure(processors=[keep])
-    try:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await channel.unary_unary(f"/{SERVICE}/Unary")(b"crash", timeout=10)
-    finally:
-        structlog.reset_defaults()
+    with capture_logs() as captured, pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(f"/{SERVICE}/Unary")(b"crash", timeout=10)
     ref = info.value.details().split("ref ")[1].split(")")[0]
     [entry] = [e for e in captured if e.get("ref") == ref]
     assert isinstance(entry["exc_info"], ZeroDivisionError)

@@ -6,11 +6,13 @@ import asyncio
 import json
 
 import pytest
+from structlog.testing import capture_logs
 
 from preannotate import topics
+from preannotate.storage import LocalStorage
 from preannotate.v1 import events_pb2
 from tests.gateway import payloads
-from tests.gateway.conftest import sign, statuses, write_model
+from tests.gateway.conftest import POLICY, sign, statuses, write_model
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -268,6 +270,37 @@ async def test_an_oversized_body_is_refused(gateway_cleanup):
     delivery["padding"] = "x" * 5000
     status, answer = await gw.post(delivery)
     assert status == 413 and "larger than 2048 bytes" in answer["error"]
+    await nothing_published(gw)
+
+
+async def test_a_policy_whose_base_model_is_missing_is_404_not_retried(gateway_cleanup):
+    # preannotate.http_errors: NotFound is 404 (it was 422 here, 404 on the Nuclio API);
+    # CVAT retries only 5xx, 408 and 429, and a retry would fail the same way.
+    policy = {"projects": [{**POLICY["projects"][0], "base_model": "ghost"}]}
+    gw = await gateway_cleanup(policy=policy)
+    status, answer = await gw.post(payloads.task_completed(task_id=15, project_id=3))
+    assert status == 404 and answer["code"] == "not_found"
+    assert "base model team-a/ghost does not exist" in answer["error"]
+    await nothing_published(gw)
+
+
+class BrokenStorage(LocalStorage):
+    """A storage whose listing fails the way an unexpected fault does."""
+
+    def list(self, prefix: str) -> list[str]:
+        raise OSError(f"disk gone under /secret/{prefix}")
+
+
+async def test_an_unexpected_error_is_500_without_details_so_that_cvat_retries(
+    gateway_cleanup, tmp_path
+):
+    gw = await gateway_cleanup(storage=BrokenStorage(tmp_path / "broken"))
+    with capture_logs() as logs:
+        status, answer = await gw.post(payloads.task_created(task_id=22, project_id=3))
+    assert status == 500 and answer["code"] == "internal" and "secret" not in answer["error"]
+    ref = answer["error"].split("ref ")[1].split(")")[0]
+    [entry] = [e for e in logs if e.get("ref") == ref]
+    assert str(entry["exc_info"]).startswith("disk gone")
     await nothing_published(gw)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from preannotate.cvat import connect
 from preannotate.errors import InvalidArgument, NotFound
 from preannotate.v1 import common_pb2, events_pb2
 from services.inference.app import AnnotationJob
@@ -62,7 +63,8 @@ async def test_writes_the_right_shapes_to_the_right_jobs_and_frames(app, cvat):
     assert min(s["score"] for s in shapes) >= 0.5
     # Each job holds exactly the shapes of its own frames.
     for job in cvat.jobs(task_id):
-        held = (await app.cvat_client(common_pb2.CvatRef()).job_annotations(job["id"]))["shapes"]
+        async with connect(app.settings, common_pb2.CvatRef()) as client:
+            held = (await client.job_annotations(job["id"]))["shapes"]
         assert {s["frame"] for s in held} <= set(range(job["start_frame"], job["stop_frame"] + 1))
     # The shapes are where the objects are: most objects found, few false ones.
     by_frame = truth_boxes(truth)
@@ -242,3 +244,28 @@ async def test_tfserving_backend_writes_the_same_shapes(storage, cvat, tfserving
     assert named(task_a) == named(task_b)
     assert len(named(task_a)) > 0
     assert tfserving.calls["Predict"] >= 2
+
+
+async def test_a_request_without_a_namespace_runs_in_the_settings_namespace(
+    storage, cvat, tmp_path
+):
+    """``annotation.requested`` with no namespace takes the service's
+    ``PREANNOTATE_NAMESPACE``, not a hard-coded "default"."""
+    from services.inference.handlers import InferenceHandlers
+    from tests.fakes import FakeContext
+
+    task_id, _ = _task(cvat, seed=87, n=2)
+    msg = events_pb2.AnnotationRequested(
+        job_id="annotate-ns",
+        cvat=common_pb2.CvatRef(task_id=task_id),
+        model=common_pb2.ModelRef(name="shapes"),
+    )
+    app, _ = await start_app(
+        make_settings(tmp_path, cvat_url=cvat.url, namespace="team-b"), storage
+    )
+    try:
+        with pytest.raises(NotFound, match="team-b/shapes"):
+            await InferenceHandlers(app).handle_annotation_requested(msg, FakeContext(storage))
+    finally:
+        await app.stop()
+    assert cvat.annotations(task_id) == []

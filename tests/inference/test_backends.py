@@ -107,7 +107,7 @@ async def test_reload_keeps_the_models_already_there(storage, tfserving, retinan
         # A new model arrives (as from model.converted): the config still names the others.
         local = LocalStorage(storage.root)
         event = publish_model(local, retinanet_dir, name="newer", version=2)
-        entry = entry_from_event(event)
+        entry = entry_from_event(event, default_namespace="default")
         registry.add(entry)
         await backend.prepare(entry)
         config = tfserving.configs[-1]

@@ -10,10 +10,10 @@ import grpc
 import pytest
 from rich.console import Console
 
+from preannotate.cli import inference as cli
 from preannotate.grpc_errors import ErrorInterceptor
 from preannotate.storage import LocalStorage
 from preannotate.v1 import inference_pb2_grpc
-from services.inference import cli
 from services.inference.servicer import InferenceServicer
 from tests.inference.helpers import make_settings, publish_model, start_app
 from tests.standins.cvat import make_shapes_dataset, shapes_labels

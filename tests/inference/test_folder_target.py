@@ -12,7 +12,7 @@ import pytest
 from preannotate.errors import InvalidArgument, NotFound
 from preannotate.v1 import common_pb2, events_pb2
 from services.inference.app import AnnotationJob
-from services.inference.folder_target import ANNOTATIONS, IMAGES
+from services.inference.targets.folder import ANNOTATIONS, IMAGES
 from tests.inference.helpers import make_settings, start_app
 from tests.standins.cvat import make_shapes_dataset, shapes_labels
 

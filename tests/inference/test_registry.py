@@ -10,11 +10,7 @@ from preannotate import keys
 from preannotate.errors import InvalidArgument, NotFound, UnsafeName
 from preannotate.storage import LocalStorage
 from preannotate.v1 import common_pb2, events_pb2
-from services.inference.registry import (
-    ModelRegistry,
-    entry_from_event,
-    parse_classes_csv,
-)
+from services.inference.registry import ModelRegistry, entry_from_event
 
 
 def _write_version(storage, ns, name, version, manifest=None, classes_csv=None):
@@ -115,32 +111,56 @@ async def test_the_converters_manifest_keys(tmp_path):
 
 
 def test_entry_from_event_and_its_checks():
-    entry = entry_from_event(_event())
+    entry = entry_from_event(_event(), default_namespace="default")
     assert entry.key == ("team-a", "cars", 3)
     assert entry.class_name(2) == "truck" and entry.class_name(9) == "class-9"
     assert entry.to_proto().serving_path == "team-a/serving/cars/3/"
 
     with pytest.raises(InvalidArgument, match="serving_path"):
-        entry_from_event(_event(serving_path="team-a/serving/other/3/"))
+        entry_from_event(
+            _event(serving_path="team-a/serving/other/3/"), default_namespace="default"
+        )
     with pytest.raises(InvalidArgument, match="no classes"):
-        entry_from_event(_event(classes=[]))
+        entry_from_event(_event(classes=[]), default_namespace="default")
     with pytest.raises(UnsafeName):
-        entry_from_event(_event(model=common_pb2.ModelRef(name="Bad Name", version=1)))
+        entry_from_event(
+            _event(model=common_pb2.ModelRef(name="Bad Name", version=1)),
+            default_namespace="default",
+        )
     with pytest.raises(UnsafeName):
-        entry_from_event(_event(model=common_pb2.ModelRef(name="cars", version=0)))
+        entry_from_event(
+            _event(model=common_pb2.ModelRef(name="cars", version=0)), default_namespace="default"
+        )
 
 
 def test_registry_keeps_the_first_entry_of_a_version():
     registry = ModelRegistry()
-    first = entry_from_event(_event())
+    first = entry_from_event(_event(), default_namespace="default")
     assert registry.add(first)
-    assert not registry.add(entry_from_event(_event(classes=["other"])))
+    assert not registry.add(
+        entry_from_event(_event(classes=["other"]), default_namespace="default")
+    )
     assert registry.get("team-a", "cars").classes == ("car", "truck")
 
 
-def test_classes_csv_forms():
-    assert parse_classes_csv(b"cat\ndog\n") == ("cat", "dog")
-    assert parse_classes_csv(b"2,dog\n1,cat\n") == ("cat", "dog")
-    assert parse_classes_csv(b"\xef\xbb\xbfname\ncat\n") == ("cat",)
-    with pytest.raises(InvalidArgument, match="without gaps"):
-        parse_classes_csv(b"1,cat\n3,dog\n")
+async def test_classes_csv_assets_are_read_with_the_one_parser(tmp_path):
+    """preannotate.classes reads the asset: the seed's "labels" header is not a class,
+    and id 0 (the background) is refused rather than taken as class 1."""
+    storage = LocalStorage(tmp_path)
+    _write_version(storage, "default", "seed", 1, {}, classes_csv="labels\ncat\ndog\n")
+    _write_version(storage, "default", "bom", 1, {}, classes_csv="\ufeffname\ncat\n")
+    _write_version(storage, "default", "zero", 1, {}, classes_csv="0,background\n1,cat\n")
+    registry = ModelRegistry(storage)
+    assert await registry.refresh() == 2
+    assert (await registry.resolve("default", "seed")).classes == ("cat", "dog")
+    assert (await registry.resolve("default", "bom")).classes == ("cat",)
+    assert "never listed" in registry.broken["default/serving/zero/1/manifest.json"]
+
+
+def test_an_event_without_a_namespace_is_of_the_services():
+    msg = _event(
+        namespace="",
+        model=common_pb2.ModelRef(name="cars", version=3),
+        serving_path="team-b/serving/cars/3/",
+    )
+    assert entry_from_event(msg, default_namespace="team-b").key == ("team-b", "cars", 3)

@@ -37,3 +37,10 @@ def test_join_checks_the_relative_part():
     for bad in ("../x", "c/../../x", "/etc", "c//d", ".env"):
         with pytest.raises(UnsafeName):
             keys.join("a/b/", bad)
+
+
+def test_the_default_model_name_names_the_task_when_there_is_one():
+    """One rule for gateway and trainer: task 0 (a dataset from a file) adds no '-task0'."""
+    assert keys.default_model_name("ssd-mobilenet-v2-coco", 7) == "ssd-mobilenet-v2-coco-task7"
+    assert keys.default_model_name("ssd-mobilenet-v2-coco", 0) == "ssd-mobilenet-v2-coco"
+    assert keys.check_name(keys.default_model_name("maskrcnn", 0)) == "maskrcnn"

@@ -8,8 +8,10 @@ import pytest
 
 from preannotate import events, topics
 from preannotate.bus import MemoryBus
+from preannotate.bus.kafka import KafkaBus
 from preannotate.errors import InvalidArgument, Unavailable
 from preannotate.handler import Outcome, Route
+from preannotate.ledger import Ledger
 from preannotate.runner import Runtime
 from preannotate.service import ServiceSpec
 from preannotate.settings import ServiceSettings
@@ -176,8 +178,18 @@ async def test_a_long_handler_keeps_the_member_alive_and_status_follows(runtime)
     assert status.namespace == "team-a"
 
 
-async def test_a_broadcast_route_reaches_every_process_and_leaves_job_status_alone(tmp_path):
-    bus = MemoryBus()
+@pytest.mark.parametrize("kind", ["memory", "kafka"])
+async def test_a_broadcast_route_reaches_every_process_and_leaves_job_status_alone(
+    kind, request, tmp_path
+):
+    if kind == "memory":
+        settings = ServiceSettings(bus="memory", keepalive_seconds=0.5)
+        bus = MemoryBus()
+    else:
+        settings = kafka_settings(request.getfixturevalue("kafka_bootstrap"), kafka_partitions=2)
+        bus = KafkaBus(settings)
+    settings = settings.model_copy(update={"machine_types": "cpu=0"})
+    await bus.start()
     seen: dict[str, list[str]] = {"a": [], "b": []}
 
     def spec(name: str) -> ServiceSpec:
@@ -198,10 +210,12 @@ async def test_a_broadcast_route_reaches_every_process_and_leaves_job_status_alo
         )
         return ServiceSpec(name="inference", routes=[route])
 
-    settings = ServiceSettings(bus="memory", keepalive_seconds=0.5)
     store = LocalStorage(tmp_path / "s")
     a = Runtime([(spec("a"), settings)], bus=bus, storage=store)
     b = Runtime([(spec("b"), settings)], bus=bus, storage=store)
+    await bus.ensure_topics(a.topic_specs())
+    old = events_pb2.ModelConverted(job_id="job-old", namespace="team-a")
+    await events.publish(bus, topics.MODEL_CONVERTED, old, source="t")
     await a.start()
     await b.start()
     try:
@@ -210,12 +224,39 @@ async def test_a_broadcast_route_reaches_every_process_and_leaves_job_status_alo
             await events.publish(bus, topics.MODEL_CONVERTED, msg, source="t")
         await until(lambda: len(seen["a"]) == 2 and len(seen["b"]) == 2)
         await asyncio.sleep(0.3)
-        assert {k: sorted(v) for k, v in seen.items()} == {
+        assert {k: sorted(v) for k, v in seen.items()} == {  # from the end: not job-old
             "a": ["job-1", "job-bad"],
             "b": ["job-1", "job-bad"],
         }
-        assert bus.records(topics.JOB_STATUS) == [], "an observer route wrote job status"
-        assert len(bus.records(topics.MODEL_CONVERTED + ".dlq")) == 2  # once per process
+        statuses = await read_topic(a, topics.JOB_STATUS, 1, timeout=2)
+        assert statuses == [], "an observer route wrote job status"
+        dead = await read_topic(a, topics.MODEL_CONVERTED + ".dlq", 3, timeout=3)
+        assert len(dead) == 2  # once per process
     finally:
         await a.stop()
         await b.stop()
+        await bus.stop()
+
+
+async def test_a_record_without_a_namespace_is_kept_under_the_services_namespace(tmp_path):
+    async def handle(msg, ctx):
+        return Outcome.emit(topics.train_jobs("cpu"), exported(msg))
+
+    spec = ServiceSpec(
+        name="probe",
+        routes=[Route(topics.TASK_ANNOTATED, handle, stage=events_pb2.JOB_STAGE_EXPORT)],
+    )
+    settings = ServiceSettings(bus="memory", keepalive_seconds=0.5, namespace="team-z")
+    bus, store = MemoryBus(), LocalStorage(tmp_path / "s")
+    rt = Runtime([(spec, settings)], bus=bus, storage=store)
+    await rt.start()
+    try:
+        msg = task_annotated("job-ns")
+        msg.ClearField("namespace")
+        await events.publish(bus, topics.TASK_ANNOTATED, msg, source="test")
+        await until(lambda: len(bus.records(topics.train_jobs("cpu"))) == 1)
+    finally:
+        await rt.stop()
+    ledger = Ledger(store)
+    assert ledger.read("team-z", "job-ns", "export") is not None
+    assert ledger.read("default", "job-ns", "export") is None

@@ -6,7 +6,9 @@ import io
 import json
 
 import structlog
+from aiohttp.test_utils import TestClient, TestServer
 
+from preannotate.ops import ops_app
 from preannotate.telemetry import logging as tlog
 from preannotate.telemetry import metrics
 
@@ -57,16 +59,29 @@ def test_secrets_are_redacted_by_key_and_by_value():
     assert line["token"] == tlog.REDACTED and "cvat.local/api" in line["url"]
 
 
-def test_metrics_exposition_has_the_service_counters():
+async def test_the_ops_app_serves_metrics_health_and_readiness():
     metrics.EVENTS_CONSUMED.labels("exporter", "task.annotated").inc()
     metrics.EVENTS_DEAD_LETTERED.labels("exporter", "task.annotated").inc()
     metrics.HANDLER_SECONDS.labels("exporter", "task.annotated").observe(0.2)
-    body, content_type = metrics.exposition()
-    text = body.decode()
-    assert content_type.startswith("text/plain")
-    for name in (
-        'preannotate_events_consumed_total{service="exporter",topic="task.annotated"}',
-        'preannotate_events_dead_lettered_total{service="exporter",topic="task.annotated"}',
-        'preannotate_handler_seconds_bucket{le="0.25",service="exporter",topic="task.annotated"}',
-    ):
-        assert name in text, name
+    ready = False
+    async with TestClient(TestServer(ops_app(lambda: ready))) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        text = await resp.text()
+        for name in (
+            'preannotate_events_consumed_total{service="exporter",topic="task.annotated"}',
+            'preannotate_events_dead_lettered_total{service="exporter",topic="task.annotated"}',
+            'preannotate_handler_seconds_bucket{le="0.25",service="exporter",topic="task.annotated"}',
+        ):
+            assert name in text, name
+        openmetrics = await client.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        assert openmetrics.content_type == "application/openmetrics-text"
+        assert (await openmetrics.text()).endswith("# EOF\n")
+
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.get("/readyz")).status == 503
+        ready = True
+        resp = await client.get("/readyz")
+        assert resp.status == 200 and (await resp.json()) == {"status": "ready"}

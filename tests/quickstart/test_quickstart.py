@@ -31,6 +31,7 @@ def _quickstart(*args: str, timeout: float = 840) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.tf
 def test_quickstart_runs_the_whole_loop_and_scores_the_held_out_images(tmp_path):
     work = tmp_path / "qs"
     proc = _quickstart(

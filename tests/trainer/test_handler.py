@@ -6,12 +6,21 @@ import asyncio
 
 import pytest
 
-from preannotate.errors import Cancelled, Interrupted, InvalidArgument
+from preannotate.errors import (
+    Cancelled,
+    FailedPrecondition,
+    Interrupted,
+    InvalidArgument,
+    Unavailable,
+    UnsafeName,
+)
 from preannotate.keys import models_root
 from preannotate.storage import read_manifest
 from preannotate.v1 import common_pb2
 from services.trainer import handlers
+from services.trainer import job as job_lib
 from services.trainer.handlers import handle_dataset_exported
+from services.trainer.run import TrainingRun
 from tests.fakes import FakeContext
 from tests.trainer.datasets import write_dataset
 
@@ -81,13 +90,18 @@ def test_missing_base_model_is_refused_and_leaves_nothing(storage, make_settings
     )
 
 
-def test_unfinished_dataset_is_refused(storage, make_settings):
-    from preannotate.errors import FailedPrecondition
+class _StatusWritesFail(FakeContext):
+    async def report(self, **kwargs):
+        raise Unavailable("job.status: the broker is down")
 
+
+@pytest.mark.parametrize("context", [FakeContext, _StatusWritesFail])
+def test_unfinished_dataset_is_refused(storage, make_settings, context):
+    """Also when no status line can be written: that is logged, the job's own error stands."""
     data = write_dataset(storage, train_images=2, val_images=1)
     storage.delete_prefix(data.prefix)
     storage.put(data.prefix + "train-00000-of-00001.tfrecord", b"")
-    ctx = FakeContext(storage)
+    ctx = context(storage)
     with pytest.raises(FailedPrecondition, match=r"has no manifest\.json"):
         asyncio.run(
             handle_dataset_exported(
@@ -95,6 +109,11 @@ def test_unfinished_dataset_is_refused(storage, make_settings):
             )
         )
     assert storage.list(models_root("default")) == []
+    failed = [f for level, event, f in ctx.log.lines if event == "status report failed"]
+    if context is _StatusWritesFail:  # the one line sent, "downloading dataset"
+        assert len(failed) == 1 and "broker is down" in failed[0]["error"]
+    else:
+        assert failed == [] and "downloading dataset" in ctx.reports[0]["message"]
 
 
 def test_validate_gives_the_job(make_settings):
@@ -102,19 +121,20 @@ def test_validate_gives_the_job(make_settings):
     from tests.trainer.datasets import TinyDataset
 
     data = TinyDataset("team", "j-1", "team/datasets/j-1/", ("a", "b"), 10, 2, False)
-    spec = handlers.validate(
+    request = handlers.validate(
         data.event("frcnn-res50-coco", "epochs=5"),
         make_settings(machine_type="gpu-4"),
         default_catalog(),
     )
-    assert spec.arguments.num_clones == 4 and spec.model_name == "frcnn-res50-coco-task7"
-    assert spec.classes == ("a", "b") and spec.dataset_prefix == "team/datasets/j-1/"
+    assert request.arguments.num_clones == 4 and request.model_name == "frcnn-res50-coco-task7"
+    assert request.classes == ("a", "b") and request.dataset_prefix == "team/datasets/j-1/"
     bad = data.event("frcnn-res50-coco", "")
     bad.dataset_prefix = "other/datasets/j-1/"
     with pytest.raises(InvalidArgument, match="not under team/datasets/"):
         handlers.validate(bad, make_settings(), default_catalog())
 
 
+@pytest.mark.tf
 def test_base_model_with_other_classes_keeps_backbone_and_says_so(ssd_run):
     storage, settings, parent = ssd_run["storage"], ssd_run["settings"], ssd_run["name"]
     other = write_dataset(
@@ -139,12 +159,16 @@ def test_base_model_with_other_classes_keeps_backbone_and_says_so(ssd_run):
     assert ctx.progress_steps() == [1, 2]
     child = outcome.emits[0].message
     assert list(child.classes) == ["rect", "ellipse", "triangle"]
+    # Every report names the model version, from the run (no string parsed back).
+    model = common_pb2.ModelRef(namespace="default", name="child", version=1)
+    assert ctx.reports and all(r["model"] == model for r in ctx.reports)
     manifest = read_manifest(storage, child.model_prefix)
     assert manifest["init"]["init"] == "base-backbone"
     assert manifest["base_model"] == f"default/{parent}"
     assert manifest["metrics"] == {} and dict(child.metrics) == {}  # eval=false honoured
 
 
+@pytest.mark.tf
 def test_shutdown_leaves_a_checkpoint_then_cancel_removes_the_version(ssd_run):
     """A job from a base model of the same classes (restored whole): a shutdown after step 2
     checkpoints and leaves it; delivered again, it resumes from step 2 and is cancelled
@@ -193,3 +217,50 @@ def test_base_model_of_another_architecture_is_refused(storage, make_settings):
         asyncio.run(handle_dataset_exported(msg, ctx, settings=settings))
     assert ctx.progress_steps() == []
     assert storage.list(models_root("default", "rcnn")) == []
+
+
+def test_an_event_without_namespace_is_the_services(make_settings):
+    from preannotate.catalog import default_catalog
+    from tests.trainer.datasets import TinyDataset
+
+    data = TinyDataset("team", "j-1", "team/datasets/j-1/", ("a",), 10, 2, False)
+    msg = data.event("ssd-mobilenet-v2-coco")
+    msg.namespace = ""
+    request = handlers.validate(msg, make_settings(namespace="team"), default_catalog())
+    assert request.namespace == "team" and request.dataset_prefix == "team/datasets/j-1/"
+    with pytest.raises(InvalidArgument, match="not under default/datasets/"):
+        handlers.validate(msg, make_settings(), default_catalog())
+
+
+def test_a_job_of_no_cvat_task_is_named_after_its_model_type(make_settings):
+    from preannotate.catalog import default_catalog
+    from tests.trainer.datasets import TinyDataset
+
+    data = TinyDataset("team", "j-1", "team/datasets/j-1/", ("a",), 10, 2, False)
+    msg = data.event("ssd-mobilenet-v2-coco")
+    msg.cvat.task_id = 0
+    request = handlers.validate(msg, make_settings(), default_catalog())
+    assert request.model_name == "ssd-mobilenet-v2-coco" and request.origin == {}
+
+
+def test_the_run_names_its_version_and_keys_and_finds_its_finished_model(storage, make_settings):
+    from preannotate.catalog import default_catalog
+
+    data = write_dataset(storage, train_images=2, val_images=1)
+    msg = data.event("ssd-mobilenet-v2-coco", model_name="m")
+    request = handlers.validate(msg, make_settings(), default_catalog())
+    run = job_lib.claim(storage=storage, request=request)
+    assert run.version == 1 and run.request is request
+    assert run.prefix == "default/models/m/1/" and str(run) == "default/m/1"
+    assert run.training_key == "default/models/m/1/training.json"
+    assert run.tensorboard_prefix == "default/models/m/1/tensorboard/"
+    assert job_lib.claim(storage=storage, request=request) == run  # found again
+    other = handlers.validate(
+        data.event("ssd-mobilenet-v2-coco", model_name="m", job_id="j-2"),
+        make_settings(),
+        default_catalog(),
+    )
+    assert job_lib.claim(storage=storage, request=other).version == 2
+    assert job_lib.find_finished(storage=storage, run=run) is None
+    with pytest.raises(UnsafeName):
+        TrainingRun(request=request, version=0)

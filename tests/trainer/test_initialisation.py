@@ -2,7 +2,8 @@
 
 The finished model of ``ssd_run`` stands in for a COCO checkpoint kept in
 storage (``storage:<key>``); a checkpoint in Model Garden's flat layout
-(``backbone/...`` at the root) is restored as well.
+(``backbone/...`` at the root) is restored as well. Which checkpoint files are
+fetched (every shard, or a refusal) is checked without TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 
 from preannotate import catalog
-from preannotate.errors import FailedPrecondition
+from preannotate.arguments import BaseModelRef
+from preannotate.errors import FailedPrecondition, NotFound
+from preannotate.storage import PrefixWriter
 from services.trainer import initialisation
 from services.trainer.initialisation import InitSpec
 
@@ -33,6 +36,18 @@ def make_session(ssd_run, tmp_path_factory):
     return make
 
 
+def _choose(storage, cache_dir, *, base=None, coco=None):
+    return initialisation.choose(
+        storage,
+        entry=catalog.get("ssd-mobilenet-v2-coco"),
+        catalog=catalog.default_catalog(),
+        classes=["rect", "ellipse"],
+        base=base,
+        coco=coco,
+        cache_dir=cache_dir,
+    )
+
+
 def _first_kernel(layer):
     return next(w for w in layer.weights if "kernel" in w.name)
 
@@ -43,21 +58,14 @@ def _assert_same(layer, other) -> None:
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
 
 
+@pytest.mark.tf
 def test_coco_checkpoint_from_storage_restores_backbone_and_decoder(
     ssd_run, make_session, tmp_path
 ):
     import tensorflow as tf
 
     location = "storage:" + ssd_run["outcome"].emits[0].message.checkpoint
-    spec = initialisation.choose(
-        ssd_run["storage"],
-        entry=catalog.get("ssd-mobilenet-v2-coco"),
-        catalog=catalog.default_catalog(),
-        classes=["rect", "ellipse"],
-        base=None,
-        coco=location,
-        cache_dir=tmp_path,
-    )
+    spec = _choose(ssd_run["storage"], tmp_path, coco=location)
     assert (spec.kind, spec.modules, spec.source) == ("coco", ("backbone", "decoder"), location)
     assert spec.details() == {"init": "coco", "init_from": location}
     session = make_session()
@@ -70,6 +78,7 @@ def test_coco_checkpoint_from_storage_restores_backbone_and_decoder(
     _assert_same(session.model.decoder, reference.model.decoder)
 
 
+@pytest.mark.tf
 def test_model_gardens_flat_layout_is_restored_too(make_session, tmp_path):
     import tensorflow as tf
 
@@ -82,6 +91,7 @@ def test_model_gardens_flat_layout_is_restored_too(make_session, tmp_path):
     )
 
 
+@pytest.mark.tf
 def test_a_checkpoint_without_a_backbone_is_refused(make_session, tmp_path):
     import tensorflow as tf
 
@@ -91,3 +101,48 @@ def test_a_checkpoint_without_a_backbone_is_refused(make_session, tmp_path):
         session.initialise(InitSpec("coco", path, ("backbone", "decoder"), "nothing"))
     with pytest.raises(FailedPrecondition, match="cannot read the coco checkpoint"):
         session.initialise(InitSpec("coco", str(tmp_path / "missing"), ("backbone",), "x"))
+
+
+def _shards(storage, key, *shards):
+    storage.put(key + ".index", b"index")
+    for shard in shards:
+        storage.put(f"{key}.data-{shard}", b"data")
+
+
+def test_a_checkpoint_missing_a_shard_is_refused_not_half_downloaded(storage, tmp_path):
+    """No TensorFlow: the file set is checked by preannotate.layout's strict rule."""
+    _shards(storage, "coco/ssd/ckpt-1", "00000-of-00002")
+    with pytest.raises(FailedPrecondition, match=r"missing ckpt-1\.data-00001-of-00002"):
+        _choose(storage, tmp_path, coco="storage:coco/ssd/ckpt-1")
+    assert not (tmp_path / "coco").exists()
+    with pytest.raises(NotFound, match="not in storage"):
+        _choose(storage, tmp_path, coco="storage:coco/other/ckpt-1")
+
+
+def _base_model(storage, version, *shards) -> None:
+    prefix = f"default/models/old/{version}/"
+    key = prefix + "checkpoints/ckpt-4/ckpt-4"
+    with PrefixWriter(storage, prefix) as out:
+        out.commit(
+            {
+                "model_type": "ssd-mobilenet-v2-coco",
+                "classes": ["rect", "ellipse"],
+                "checkpoint": key,
+            }
+        )
+    _shards(storage, key, *shards)
+
+
+def test_a_base_models_checkpoint_is_downloaded_whole(storage, tmp_path):
+    _base_model(storage, 1, "00000-of-00002", "00001-of-00002")
+    spec = _choose(storage, tmp_path, base=BaseModelRef("default", "old"))
+    assert (spec.kind, spec.source) == ("base", "default/old/1")
+    assert sorted(p.name for p in (tmp_path / "base" / "default_old_1").iterdir()) == [
+        "ckpt-4.data-00000-of-00002",
+        "ckpt-4.data-00001-of-00002",
+        "ckpt-4.index",
+    ]
+    assert spec.checkpoint == str(tmp_path / "base" / "default_old_1" / "ckpt-4")
+    _base_model(storage, 2, "00001-of-00002")
+    with pytest.raises(FailedPrecondition, match=r"missing ckpt-4\.data-00000-of-00002"):
+        _choose(storage, tmp_path, base=BaseModelRef("default", "old"))

@@ -19,7 +19,7 @@ import pytest
 
 from preannotate.errors import FailedPrecondition
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.tf]
 
 ARGS = "epochs=4;batch_size=4;num_clones=2;input_size=128;checkpoint_every=2;warmup_steps=1"
 

@@ -8,6 +8,9 @@ import pytest
 
 from services.trainer import stages
 
+#: Trains or builds real TensorFlow models: left out of `make test-fast`.
+pytestmark = pytest.mark.tf
+
 
 @pytest.fixture(scope="module")
 def model():

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from preannotate.storage import read_manifest
 from services.trainer.handlers import handle_dataset_exported
 from tests.fakes import FakeContext
 from tests.trainer.datasets import write_dataset
+
+#: Trains or builds real TensorFlow models: left out of `make test-fast`.
+pytestmark = pytest.mark.tf
 
 LIGHT = "input_size=128;first_stage_max_proposals=64;second_stage_batch_size=32;warmup_steps=0"
 

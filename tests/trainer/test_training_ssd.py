@@ -13,14 +13,17 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from preannotate import topics
-from preannotate.classes import read_classes_csv
+from preannotate import layout, topics
+from preannotate.classes import classes_csv
 from preannotate.keys import model_prefix
 from preannotate.storage import read_manifest
 from preannotate.v1 import events_pb2
 from services.trainer.handlers import handle_dataset_exported
 from services.trainer.settings import TrainerSettings
 from tests.fakes import FakeContext
+
+#: Trains or builds real TensorFlow models: left out of `make test-fast`.
+pytestmark = pytest.mark.tf
 
 
 def test_progress_every_step_and_both_checkpoints(ssd_run):
@@ -62,7 +65,7 @@ def test_what_lands_under_the_model_prefix(ssd_run):
     assert any(k.startswith("tensorboard/eval/events.out.tfevents") for k in keys)
     # Both checkpoints fit in trainer_keep_checkpoints=2.
     assert "checkpoints/ckpt-3/ckpt-3.index" in keys
-    assert read_classes_csv(storage.get(prefix + "classes.csv").decode()) == ["rect", "ellipse"]
+    assert storage.get(prefix + "classes.csv").decode() == classes_csv(["rect", "ellipse"])
     metrics = json.loads(storage.get(prefix + "metrics.json"))
     assert {"mAP", "mAP@0.5"} <= set(metrics["metrics"]) and "AP" in metrics["coco"]
     manifest = read_manifest(storage, prefix)
@@ -129,7 +132,7 @@ def test_the_next_job_gets_the_next_version(ssd_run):
     assert versions.claim(storage, "default", name, "job-2", {}) == 2
     assert versions.claim(storage, "default", name, "job-2", {}) == 2
     assert versions.claim(storage, "default", name, ssd_run["msg"].job_id, {}) == 1
-    assert versions.ready_versions(storage, "default", name) == [1]
+    assert layout.finished_versions(storage, "default", name) == [1]
     storage.delete_prefix(model_prefix("default", name, 2))
 
 

@@ -9,6 +9,9 @@ from preannotate.arguments import parse, resolve
 from preannotate.vision import configs, registry
 from services.trainer.configs import ExperimentInputs, build_experiment
 
+#: Trains or builds real TensorFlow models: left out of `make test-fast`.
+pytestmark = pytest.mark.tf
+
 
 def _build_backbone(backbone_config, size: int = 128):
     import tf_keras

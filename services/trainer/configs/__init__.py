@@ -1,8 +1,10 @@
 """Builders: a catalog entry, a plan and a dataset -> a Model Garden experiment config.
 
-One module per model family, named as the catalog's ``family`` and as the
-converter's export modules (``retinanet``, ``fasterrcnn``, ``maskrcnn``);
-``common`` holds what they share (data, runtime, optimizer, backbones).
+One module per model family, named as the catalog's ``family``
+(``retinanet``, ``fasterrcnn``, ``maskrcnn``); ``common`` holds what they
+share (data, runtime, optimizer, backbones). The converter has no such
+modules: one export (``services/converter/module.py``) serves every family,
+telling RetinaNet from the R-CNNs by the experiment's model config.
 Importing this package imports no TensorFlow; ``build_experiment`` does.
 """
 

@@ -1,11 +1,11 @@
-"""Client commands over TrainingService: train (with a live progress bar), jobs, models, ...
+"""Client commands over the gateway's TrainingService: train (with a live progress
+bar), watch, cancel, jobs, models, model-types.
 
-The ``preannotate`` command wires one subcommand to each function here (or
-lets ``add_arguments(name, parser)`` declare the options and hand back the
-handler); each takes the parsed options as keyword arguments and returns the
-exit code:
-0 done, 1 the job failed or was cancelled, 2 the request was refused or the
-gateway could not be reached. Every command has an ``*_async`` twin for
+The ``preannotate`` command (``preannotate.cli.main``) lets
+``add_arguments(name, parser)`` declare a command's options and hand back its
+handler; each command takes the parsed options as keyword arguments and
+returns the exit code: 0 done, 1 the job failed or was cancelled, 2 the
+request was refused or the gateway could not be reached. Every command has an ``*_async`` twin for
 callers that already run an event loop (tests, the embedded mode).
 
 Where the gateway is, from the environment (``Connection.from_env``):
@@ -373,7 +373,7 @@ def cancel(job_id: str, **options) -> int:
     return asyncio.run(cancel_async(job_id, **options))
 
 
-# --- argparse wiring (for ``preannotate.cli``) --------------------------------------
+# --- argparse wiring (for ``preannotate.cli.main``) --------------------------------------
 
 
 def add_arguments(

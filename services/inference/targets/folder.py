@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from preannotate.cvat import coco_document, coco_image, is_under
+from preannotate.cvat import is_under
+from preannotate.cvat.coco import coco_document, coco_image
 from preannotate.errors import InvalidArgument, NotFound
 from services.inference import coco
-from services.inference.target import FILE_TARGET_ROOT, FrameResult
+from services.inference.targets.base import FILE_TARGET_ROOT, FrameResult
 
 IMAGES = Path("images") / "default"
 ANNOTATIONS = Path("annotations") / "instances_default.json"

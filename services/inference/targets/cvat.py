@@ -14,10 +14,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from preannotate.cvat import CvatClient
 from preannotate.errors import NotFound
-from services.inference.cvat import CvatClient
 from services.inference.shapes import cvat_shape
-from services.inference.target import FrameResult
+from services.inference.targets.base import FrameResult
 
 
 def frame_jobs(jobs: Sequence[dict[str, Any]], only_job: int = 0) -> dict[int, int]:

@@ -1,9 +1,10 @@
-"""Client commands over InferenceService: ``annotate`` (a progress bar over the
-AnnotateTask stream) and ``predict`` (detections of local images).
+"""Client commands over the inference service's InferenceService: ``annotate`` (a
+progress bar over the AnnotateTask stream) and ``predict`` (detections of local
+images).
 
-The ``preannotate`` command wires ``annotate`` and ``predict`` to
-``add_arguments(name, parser)``, which declares the options and hands back the
-handler. Exit codes: 0 done, 1 the run failed part-way, 2 the request was
+The ``preannotate`` command (``preannotate.cli.main``) wires ``annotate`` and
+``predict`` to ``add_arguments(name, parser)``, which declares the options and
+hands back the handler. Exit codes: 0 done, 1 the run failed part-way, 2 the request was
 refused or the service could not be reached. Each command has an ``*_async``
 twin for callers that already run an event loop.
 
@@ -256,7 +257,7 @@ def predict(**options: Any) -> int:
     return asyncio.run(predict_async(**options))
 
 
-# --- argparse wiring (for ``preannotate.cli``) --------------------------------------
+# --- argparse wiring (for ``preannotate.cli.main``) --------------------------------------
 
 
 def add_arguments(

@@ -1,0 +1,74 @@
+"""The target interface and the types that cross it.
+
+A target is where an annotation run reads its frames and writes what the
+model found: a CVAT task (``targets.cvat``) or a local folder
+(``targets.folder``). The annotator (``services.inference.annotate``) only
+sees ``Target``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from preannotate.errors import InvalidArgument, NotFound, Unavailable
+from services.inference.postprocess import Detected
+
+FILE_TARGETS_OFF = "PREANNOTATE_INFERENCE_ALLOW_FILE_TARGETS"
+FILE_TARGET_ROOT = "PREANNOTATE_INFERENCE_FILE_TARGET_ROOT"
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the model found on one frame, mapped to the target's labels."""
+
+    frame: int
+    width: int
+    height: int
+    #: (target label id, detection), for the detections whose class is a label there.
+    found: list[tuple[int, Detected]] = field(default_factory=list)
+
+
+class Target(Protocol):
+    """A source of frames and a sink of shapes, for one run."""
+
+    #: "cvat" or "folder" (metrics and logs).
+    kind: str
+    #: "CVAT task 12" or "folder /data/heldout" (messages).
+    describe: str
+
+    async def labels(self) -> list[dict[str, Any]]:
+        """The target's labels as CVAT lists them: ``{"id", "name"}`` (and
+        ``parent_id`` for skeleton parts, which are not matched)."""
+
+    async def frames(self) -> list[int]:
+        """The frames to annotate, in order."""
+
+    async def prepare(self, frames: Sequence[int]) -> int:
+        """Called once before the first fetch. Replace mode: earlier automatic
+        shapes go (CVAT: deleted now; folder: the file is rewritten whole at
+        the end). Returns how many go."""
+
+    def frame_name(self, frame: int) -> str:
+        """How messages name the frame ("frame 3", "frame 3 (cat.jpg)")."""
+
+    async def fetch(self, frame: int) -> bytes:
+        """The frame's encoded bytes. ``NotFound``, ``InvalidArgument`` or
+        ``Unavailable`` mean this frame cannot be had (it is skipped); other
+        errors fail the run."""
+
+    async def write(self, results: Sequence[FrameResult]) -> int:
+        """Write one batch's results (every predicted frame, with or without
+        detections); returns how many shapes were written."""
+
+    async def finish(self) -> None:
+        """After the last write: make the results durable where they are not yet."""
+
+    async def close(self) -> None: ...
+
+
+def is_frame_problem(exc: BaseException) -> bool:
+    """Whether a failed fetch is that frame's problem (skip it) rather than the
+    run's (credentials, permissions, a bug: fail)."""
+    return isinstance(exc, NotFound | InvalidArgument | Unavailable)

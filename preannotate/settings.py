@@ -42,8 +42,17 @@ class ServiceSettings(BaseSettings):
     keepalive_seconds: float = Field(2.0, gt=0)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     session_timeout_ms: int = Field(10_000, ge=1000)
-    retry_attempts: int = Field(5, ge=1, description="tries of a retryable failure before DLQ")
+    retry_attempts: int = Field(
+        5, ge=1, description="tries of a retryable failure other than Unavailable before DLQ"
+    )
     retry_backoff_seconds: float = Field(1.0, ge=0)
+    retry_deadline_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds a record failing with Unavailable (a dependency down or "
+        "restarting) is retried, from its first such failure, before it goes to the DLQ; the "
+        "wait between tries doubles from PREANNOTATE_RETRY_BACKOFF_SECONDS up to 30 s.",
+    )
 
     # Storage: an S3 bucket, or a local folder.
     storage: Literal["s3", "local"] = "local"
@@ -54,6 +63,9 @@ class ServiceSettings(BaseSettings):
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_create_bucket: bool = True
+    # Whether the store honours conditional writes (If-None-Match: *); False, or a
+    # 501 answer, uses the fallback of preannotate.storage.conditional.
+    s3_conditional_writes: bool = True
 
     # Telemetry.
     log_level: Literal["debug", "info", "warning", "error"] = "info"

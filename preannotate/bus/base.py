@@ -7,11 +7,18 @@ the embedded mode). Both keep Kafka's semantics: a key always lands on the same
 partition, a group splits partitions between its members, offsets are
 committed by hand, and records a member took without committing go to the
 next owner of the partition.
+
+Rebalances: a member is told which partitions a rebalance took from it
+(``on_lost``); partitions it keeps keep their positions (records already
+handed out are not handed out again); and a rebalance waits while the member
+settles a record (``settle``: its outcome written, published and committed),
+so a partition never moves between a member's publish and its commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -91,8 +98,44 @@ class Consumer(Protocol):
     def owns(self, record: Record) -> bool:
         """Whether this member still owns the record's partition."""
 
+    def on_lost(self, callback: Callable[[set[tuple[str, int]]], None]) -> None:
+        """Call ``callback`` with the partitions each rebalance takes from this member.
+
+        It runs as the partitions go (a new owner may already read them), before
+        any record of a partition assigned again is handed out. Partitions the
+        member keeps are not reported, and keep their positions: a record
+        handed out before the rebalance is not handed out again.
+        """
+
+    def settle(self, record: Record) -> AbstractAsyncContextManager[bool]:
+        """Hold the record's partition while its outcome is written and committed.
+
+        ``async with consumer.settle(record) as owned:`` waits for a rebalance in
+        progress to end, then yields whether this member owns the partition; a
+        rebalance that starts meanwhile waits until the block ends, so a commit
+        made in the block is not refused for a partition that was owned.
+        """
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records between this member's position and the end, per assigned partition."""
+
+
+Partitions = set[tuple[str, int]]
+
+
+class LostNotices:
+    """The ``on_lost`` part of a consumer, shared by both buses: callbacks told
+    which partitions a rebalance took."""
+
+    def __init__(self) -> None:
+        self._lost_callbacks: list[Callable[[Partitions], None]] = []
+
+    def on_lost(self, callback: Callable[[Partitions], None]) -> None:
+        self._lost_callbacks.append(callback)
+
+    def _tell_lost(self, lost: Partitions) -> None:
+        for callback in self._lost_callbacks:
+            callback(lost)
 
 
 @runtime_checkable

@@ -1,25 +1,47 @@
 """The bus on Apache Kafka, through aiokafka.
 
 The producer is idempotent (``enable_idempotence=True`` forces acks=all), so
-its own retries never duplicate a record. Consumers commit by hand; a
-rebalance listener keeps paused members paused when partitions move to them
-(pause state does not survive reassignment in Kafka clients). Only aiokafka's
-public API is used: the producer, the admin client (topics and their
-partitions) and the consumer.
+its own retries never duplicate a record. Consumers commit by hand. aiokafka
+rebalances eagerly (every partition is revoked, then the new assignment
+given), so a rebalance listener:
+
+- on revoke, waits for a ``settle`` block in progress (its commit then lands
+  before the partition can move) and holds new ones until the assignment;
+- on assignment, reports the partitions that went (``on_lost``), seeks each
+  partition it kept back to the offset after the last record it handed out
+  (Kafka would restart it at the committed offset and hand out the record in
+  flight again), and re-pauses a paused member's partitions (pause state does
+  not survive reassignment).
+
+Only aiokafka's public API is used: the producer, the admin client (topics and
+their partitions) and the consumer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from preannotate.bus.base import CommitFailed, Record, TopicSpec, dlq_headers, dlq_topic
+from preannotate.bus.base import (
+    CommitFailed,
+    LostNotices,
+    Record,
+    TopicSpec,
+    dlq_headers,
+    dlq_topic,
+)
 from preannotate.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 
 def _security(settings) -> dict:
@@ -172,10 +194,11 @@ class KafkaBus:
         )
 
 
-class KafkaConsumer:
+class KafkaConsumer(LostNotices):
     """A group member (or, with group None, a reader of every partition)."""
 
     def __init__(self, bus: KafkaBus, topics: list[str], group: str | None, from_beginning: bool):
+        super().__init__()
         self.bus = bus
         self.topics = topics
         self.group = group
@@ -183,6 +206,11 @@ class KafkaConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._paused = False
         self._next: dict[tuple[str, int], int] = {}
+        self._idle = asyncio.Event()  # cleared while a settle block runs
+        self._idle.set()
+        self._stable = asyncio.Event()  # cleared from revoke to assignment
+        self._stable.set()
+        self._before: set[tuple[str, int]] = set()
 
     async def start(self) -> None:
         s = self.bus.settings
@@ -230,6 +258,7 @@ class KafkaConsumer:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+        self._stable.set()  # nothing to wait for any more
 
     async def poll(self, timeout: float) -> list[Record]:
         assert self._consumer is not None, "poll() before start()"
@@ -276,9 +305,50 @@ class KafkaConsumer:
         if self._consumer is not None:
             self._consumer.resume(*self._consumer.assignment())
 
+    async def _on_revoked(self, revoked) -> None:
+        """Wait for a settle block to end, for at most 80% of the rebalance timeout
+        (past it the group would drop this member)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.8 * self.bus.settings.session_timeout_ms / 1000
+        while not self._idle.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("a record was still settling when its partitions were revoked")
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), left)
+        self._stable.clear()  # no await since the check: no settle block began meanwhile
+        self._before = {(self.bus.short(tp.topic), tp.partition) for tp in revoked}
+
     def _on_assigned(self, assigned) -> None:
-        if self._paused and self._consumer is not None:
+        if self._consumer is None:
+            return
+        now = {(self.bus.short(tp.topic), tp.partition): tp for tp in assigned}
+        lost = self._before - set(now)
+        for key, tp in now.items():
+            if key in self._before and key in self._next:
+                self._consumer.seek(tp, self._next[key])  # kept: no record handed out twice
+        for key in lost:
+            self._next.pop(key, None)
+        if self._paused:
             self._consumer.pause(*assigned)
+        self._before = set()
+        self._stable.set()
+        if lost:
+            self._tell_lost(lost)
+
+    @asynccontextmanager
+    async def settle(self, record: Record) -> AsyncIterator[bool]:
+        if self.group is None:
+            yield True
+            return
+        while not (self._stable.is_set() and self._idle.is_set()):
+            await (self._idle if self._stable.is_set() else self._stable).wait()
+        self._idle.clear()
+        try:
+            yield self.owns(record)
+        finally:
+            self._idle.set()
 
     def assignment(self) -> set[tuple[str, int]]:
         if self._consumer is None:
@@ -302,13 +372,13 @@ class KafkaConsumer:
 
 
 class _Listener(ConsumerRebalanceListener):
-    """Re-pauses newly assigned partitions while a long handler runs."""
+    """Hands aiokafka's rebalance callbacks to the consumer."""
 
     def __init__(self, owner: KafkaConsumer) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked) -> None:
-        return None
+        await self.owner._on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned) -> None:
         self.owner._on_assigned(assigned)

@@ -4,7 +4,9 @@ Topics have partitions; a key always maps to the same partition; a consumer
 group splits the partitions of its topics between its members (range
 assignment, rebalanced when a member joins or leaves); offsets move only on
 ``commit``; a member that stops without committing leaves its records to the
-next owner of the partition; paused partitions stay paused across rebalances.
+next owner of the partition; paused partitions stay paused across rebalances;
+a member is told which partitions a rebalance took (``on_lost``) and keeps the
+positions of those it kept; a rebalance waits for a member's ``settle`` block.
 Everything runs on one event loop.
 """
 
@@ -13,10 +15,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from preannotate.bus.base import CommitFailed, Record, TopicSpec, dlq_headers, dlq_topic
+from preannotate.bus.base import (
+    CommitFailed,
+    LostNotices,
+    Record,
+    TopicSpec,
+    dlq_headers,
+    dlq_topic,
+)
 from preannotate.errors import InvalidArgument
 
 MAX_RECORDS = 100
@@ -38,6 +48,8 @@ class _Group:
     name: str
     members: list[MemoryConsumer] = field(default_factory=list)
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Held by a member settling a record; a rebalance of the group waits for it.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def partition_for(key: str | None, partitions: int, counter: itertools.count) -> int:
@@ -66,12 +78,19 @@ class MemoryBus:
         return None
 
     async def ensure_topics(self, topics: Sequence[TopicSpec]) -> None:
+        new = set()
         for spec in topics:
             if spec.name not in self._topics:
                 self._topics[spec.name] = _Topic(
                     spec.name, [[] for _ in range(spec.partitions)], spec.compacted
                 )
-        self._rebalance_all()
+                new.add(spec.name)
+        for group in list(self._groups.values()):
+            if any(new & set(m.topics) for m in group.members):
+                async with group.lock:
+                    self._rebalance(group)
+        for member in self._readers:
+            member._assign(self._all_partitions(member.topics))
 
     def partitions(self, topic: str) -> int:
         return len(self._topic(topic).partitions)
@@ -129,24 +148,26 @@ class MemoryBus:
 
     # -- groups -----------------------------------------------------------
 
-    def _join(self, member: MemoryConsumer) -> None:
+    async def _join(self, member: MemoryConsumer) -> None:
         if member.group is None:
             self._readers.append(member)
             member._assign(self._all_partitions(member.topics))
             return
         group = self._groups.setdefault(member.group, _Group(member.group))
-        group.members.append(member)
-        self._rebalance(group)
+        async with group.lock:
+            group.members.append(member)
+            self._rebalance(group)
 
-    def _leave(self, member: MemoryConsumer) -> None:
+    async def _leave(self, member: MemoryConsumer) -> None:
         if member.group is None:
             if member in self._readers:
                 self._readers.remove(member)
             return
         group = self._groups.get(member.group)
         if group and member in group.members:
-            group.members.remove(member)
-            self._rebalance(group)
+            async with group.lock:
+                group.members.remove(member)
+                self._rebalance(group)
 
     def _all_partitions(self, topics: Sequence[str]) -> list[tuple[str, int]]:
         return [
@@ -155,12 +176,6 @@ class MemoryBus:
             if t in self._topics
             for p in range(len(self._topics[t].partitions))
         ]
-
-    def _rebalance_all(self) -> None:
-        for group in self._groups.values():
-            self._rebalance(group)
-        for member in self._readers:
-            member._assign(self._all_partitions(member.topics))
 
     def _rebalance(self, group: _Group) -> None:
         """Range assignment per topic over the members subscribed to it."""
@@ -180,13 +195,14 @@ class MemoryBus:
         return self._groups[group].committed.get(tp)
 
 
-class MemoryConsumer:
+class MemoryConsumer(LostNotices):
     """A member of a group on a ``MemoryBus`` (or, with group None, a reader of
     every partition that commits nothing)."""
 
     def __init__(
         self, bus: MemoryBus, topics: list[str], group: str | None, from_beginning: bool
     ) -> None:
+        super().__init__()
         self.bus = bus
         self.topics = topics
         self.group = group
@@ -199,13 +215,13 @@ class MemoryConsumer:
 
     async def start(self) -> None:
         self._running = True
-        self.bus._join(self)
+        await self.bus._join(self)
 
     async def stop(self) -> None:
         if not self._running:
             return
         self._running = False
-        self.bus._leave(self)
+        await self.bus._leave(self)
         async with self.bus._changed:
             self.bus._changed.notify_all()
 
@@ -223,7 +239,10 @@ class MemoryConsumer:
                 self._positions[tp] = 0
             else:
                 self._positions[tp] = len(self.bus._topics[tp[0]].partitions[tp[1]])
+        lost = set(self._assigned) - set(partitions)
         self._assigned = list(partitions)
+        if lost and self._running:
+            self._tell_lost(lost)
 
     def _available(self) -> list[Record]:
         if self._paused or not self._running:
@@ -290,6 +309,14 @@ class MemoryConsumer:
 
     def owns(self, record: Record) -> bool:
         return (record.topic, record.partition) in self._assigned
+
+    @asynccontextmanager
+    async def settle(self, record: Record) -> AsyncIterator[bool]:
+        if self.group is None:
+            yield True
+            return
+        async with self.bus._groups[self.group].lock:
+            yield self.owns(record)
 
     def lag(self) -> dict[tuple[str, int], int]:
         return {

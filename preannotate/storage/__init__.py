@@ -1,7 +1,8 @@
 """Object storage: one interface over S3 and a local folder.
 
 ``open_storage(settings)`` picks the implementation; ``manifest`` holds the
-manifest-written-last rule that marks a prefix finished.
+manifest-written-last rule that marks a prefix finished; ``conditional`` the
+conditional create (``put_if_absent``) of a store that has none.
 """
 
 from __future__ import annotations
@@ -39,4 +40,5 @@ def open_storage(settings) -> Storage:
         access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
         secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
         create_bucket=settings.s3_create_bucket,
+        conditional_writes=settings.s3_conditional_writes,
     )

@@ -17,6 +17,14 @@ class Storage(Protocol):
     def put(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key`` whole, or not at all."""
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` whole only if no object is there; True when this call created it.
+
+        A compare-and-swap: of concurrent creators of one key exactly one gets
+        True (S3 ``If-None-Match: *``, a hard link in a folder; see
+        ``preannotate.storage.conditional`` for stores without either).
+        """
+
     def get(self, key: str) -> bytes:
         """Read ``key``; raises ``NotFound`` when it does not exist."""
 

@@ -13,7 +13,12 @@ from preannotate.storage.base import check_prefix
 
 
 class LocalStorage:
-    """Keys are files under ``root``; writes are atomic (temp file, then rename)."""
+    """Keys are files under ``root``; writes are atomic (temp file, then rename).
+
+    ``put_if_absent`` writes a temp file and hard-links it to the key: ``link``
+    fails when the name exists, so of concurrent creators (threads or
+    processes on this host) exactly one wins, and readers never see half a file.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -22,17 +27,37 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / check_relative(key)
 
-    def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+    def _temp_copy(self, path: Path, data: bytes) -> str:
+        """A temp file beside ``path`` holding ``data`` (``list`` skips it)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._temp_copy(path, data)
+        try:
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        tmp = self._temp_copy(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return True
 
     def get(self, key: str) -> bytes:
         try:

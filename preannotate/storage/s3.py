@@ -1,12 +1,29 @@
-"""Storage in an S3 bucket through boto3 (MinIO, moto's server, AWS)."""
+"""Storage in an S3 bucket through boto3 (MinIO, moto's server, AWS).
+
+``put_if_absent`` is an S3 conditional write (``PutObject`` with
+``If-None-Match: *``: 412 PreconditionFailed when the key exists). A store
+that answers it with 501 NotImplemented, or one built with
+``conditional_writes=False``, gets ``preannotate.storage.conditional``'s
+fallback instead (plain writes and a listing).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from preannotate.errors import NotFound, Unavailable
 from preannotate.keys import check_relative
+from preannotate.storage import conditional
 from preannotate.storage.base import check_prefix
+
+log = logging.getLogger(__name__)
+
+#: S3's answers to a conditional write: the key exists / another one is in progress.
+_EXISTS = ("PreconditionFailed", "412")
+_CONFLICT = ("ConditionalRequestConflict", "409")
+_UNSUPPORTED = ("NotImplemented", "501")
 
 
 def _client(endpoint_url, region, access_key, secret_key):
@@ -39,8 +56,11 @@ class S3Storage:
         access_key: str | None = None,
         secret_key: str | None = None,
         create_bucket: bool = False,
+        conditional_writes: bool = True,
     ) -> None:
         self.bucket = bucket
+        #: Whether the store honours ``If-None-Match: *``; turned off on its first 501.
+        self.conditional_writes = conditional_writes
         self.endpoint_url = endpoint_url
         self._s3 = _client(endpoint_url, region, access_key, secret_key)
         if create_bucket:
@@ -60,7 +80,7 @@ class S3Storage:
         try:
             return fn(*args, **kwargs)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = _code(exc)
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(f"no object at {key!r} in bucket {self.bucket!r}") from exc
             if code.startswith("5") or code in ("SlowDown", "RequestTimeout", "InternalError"):
@@ -72,6 +92,43 @@ class S3Storage:
     def put(self, key: str, data: bytes) -> None:
         check_relative(key)
         self._call(key, self._s3.put_object, Bucket=self.bucket, Key=key, Body=data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        check_relative(key)
+        for attempt in range(5):
+            if not self.conditional_writes:
+                break
+            try:
+                self._call(
+                    key,
+                    self._s3.put_object,
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    IfNoneMatch="*",
+                )
+                return True
+            except (ClientError, Unavailable) as exc:
+                code = _code(exc if isinstance(exc, ClientError) else exc.__cause__)
+                if code in _EXISTS:
+                    return False
+                if code in _CONFLICT:  # another conditional write to the key: retry
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                if code not in _UNSUPPORTED:
+                    raise
+                log.warning(
+                    "S3 store at %s does not support conditional writes (If-None-Match);"
+                    " using the candidates fallback",
+                    self.endpoint_url or "AWS",
+                )
+                self.conditional_writes = False
+                break
+        else:
+            raise Unavailable(f"S3 kept answering 409 ConditionalRequestConflict on {key!r}")
+        return conditional.put_if_absent(self, key, data)
 
     def get(self, key: str) -> bytes:
         check_relative(key)
@@ -120,3 +177,9 @@ class S3Storage:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+def _code(exc: BaseException | None) -> str:
+    """The S3 error code of a botocore ``ClientError`` ("" for anything else)."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))

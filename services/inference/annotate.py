@@ -15,6 +15,14 @@ AnnotateTask and the ``annotation.requested`` event.
 4. Before each batch ``checkpoint()`` may stop the run (cancel, shutdown).
 5. Progress goes to a callback after every written batch (``skipped`` holds
    the frames skipped since the previous call), and once more with ``done``.
+6. With a ``RunLedger`` (``services.inference.runledger``) the run is
+   idempotent: every durable write is recorded after it succeeds, and a rerun
+   of the same run (a redelivered ``annotation.requested``) reads the records
+   first: a finished run answers its recorded result and writes nothing; on a
+   resumable target (CVAT) an unfinished one skips replace mode's removal if
+   it was done and the frames already written, so each frame gets its shapes
+   once. A folder target is written whole at the end, so its rerun starts
+   over and only the finished record counts.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from services.inference import images, metrics
 from services.inference.backends.base import ImageInput
 from services.inference.predictor import Predictor
 from services.inference.registry import ModelEntry
+from services.inference.runledger import RunLedger, RunState
 from services.inference.targets import FrameResult, Target, is_frame_problem
 
 
@@ -101,19 +110,44 @@ class Annotator:
         threshold: float,
         on_progress: ProgressCallback | None = None,
         checkpoint: Callable[[], None] | None = None,
+        ledger: RunLedger | None = None,
     ) -> AnnotateResult:
         """Run one pre-annotation; ``checkpoint()`` is called before each batch and
-        may raise (``Cancelled``, ``Interrupted``) to stop the run there."""
+        may raise (``Cancelled``, ``Interrupted``) to stop the run there. With
+        ``ledger``, an earlier attempt of the same run is resumed (module doc)."""
         started = time.perf_counter()
         if not 0 <= threshold <= 1:
             raise InvalidArgument(f"threshold {threshold} is not in 0..1")
+        state = await asyncio.to_thread(ledger.load) if ledger is not None else RunState()
+        if state.finished is not None:
+            done = _from_record(state.finished)
+            if on_progress is not None:
+                await on_progress(_final_progress(done))
+            return done
+        resume = ledger is not None and target.resumable
         labels, frames = await asyncio.gather(target.labels(), target.frames())
         mapping, unmatched = label_ids(model, labels)
 
         result = AnnotateResult(len(frames), 0, 0, [], unmatched)
-        result.shapes_deleted = await target.prepare(frames)
+        if resume and state.deleted is not None:
+            result.shapes_deleted = state.deleted
+        else:
+            result.shapes_deleted = await target.prepare(frames)
+            if resume:
+                assert ledger is not None
+                await asyncio.to_thread(ledger.prepared, result.shapes_deleted)
+        if resume and state.written:
+            before = [f for f in frames if f in state.written]
+            result.frames_done = len(before)
+            result.shapes_written = sum(state.written[f] for f in before)
+            frames = [f for f in frames if f not in state.written]
 
-        progress = Progress(frames_total=len(frames), unmatched_classes=unmatched)
+        progress = Progress(
+            frames_total=result.frames_total,
+            frames_done=result.frames_done,
+            shapes_written=result.shapes_written,
+            unmatched_classes=unmatched,
+        )
         writes: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
         shapes_counter = metrics.SHAPES_WRITTEN.labels(
             metrics.model_label(model.namespace, model.name), target.kind
@@ -124,9 +158,13 @@ class Annotator:
                 await on_progress(progress)
             progress.skipped = []
 
+        async def record(frames: Sequence[int], shapes: dict[int, int]) -> None:
+            assert ledger is not None
+            await asyncio.to_thread(ledger.written, frames, shapes)
+
         async def writer() -> None:
             while (batch := await writes.get()) is not None:
-                written = await target.write(batch.results)
+                written = await target.write(batch.results, record if resume else None)
                 shapes_counter.inc(written)
                 result.shapes_written += written
                 result.frames_done += len(batch.frames)
@@ -165,10 +203,12 @@ class Annotator:
                 with contextlib.suppress(asyncio.CancelledError):
                     await write_task
         await target.finish()
+        result.seconds = time.perf_counter() - started
+        if ledger is not None:
+            await asyncio.to_thread(ledger.finished, _to_record(result))
 
         progress.done = True
         await report()
-        result.seconds = time.perf_counter() - started
         return result
 
     @staticmethod
@@ -242,3 +282,38 @@ class Annotator:
                 frames, batch, skipped = [], [], []
         if batch or skipped:
             yield frames, batch, skipped
+
+
+def _to_record(result: AnnotateResult) -> dict[str, Any]:
+    return {
+        "frames_total": result.frames_total,
+        "frames_done": result.frames_done,
+        "shapes_written": result.shapes_written,
+        "shapes_deleted": result.shapes_deleted,
+        "skipped": [[f, r] for f, r in result.skipped],
+        "unmatched_classes": list(result.unmatched_classes),
+        "seconds": result.seconds,
+    }
+
+
+def _from_record(record: dict[str, Any]) -> AnnotateResult:
+    return AnnotateResult(
+        frames_total=int(record["frames_total"]),
+        frames_done=int(record["frames_done"]),
+        shapes_written=int(record["shapes_written"]),
+        skipped=[(int(f), str(r)) for f, r in record["skipped"]],
+        unmatched_classes=tuple(record["unmatched_classes"]),
+        shapes_deleted=int(record["shapes_deleted"]),
+        seconds=float(record["seconds"]),
+    )
+
+
+def _final_progress(result: AnnotateResult) -> Progress:
+    return Progress(
+        frames_total=result.frames_total,
+        frames_done=result.frames_done,
+        shapes_written=result.shapes_written,
+        frames_skipped=len(result.skipped),
+        unmatched_classes=result.unmatched_classes,
+        done=True,
+    )

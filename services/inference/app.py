@@ -34,6 +34,7 @@ from services.inference.backends import Backend, make_backend
 from services.inference.postprocess import Detected
 from services.inference.predictor import Predictor
 from services.inference.registry import ModelEntry, ModelRegistry, entry_from_event
+from services.inference.runledger import RunLedger, run_key
 from services.inference.settings import InferenceSettings
 from services.inference.targets import open_target
 
@@ -73,7 +74,9 @@ class InferenceApp:
         self.resources = resources
         registry = ModelRegistry(resources.storage, log=self.log)
         found = await registry.refresh()
-        backend = make_backend(self.settings, resources.storage, registry.entries)
+        backend = make_backend(
+            self.settings, resources.storage, registry.entries, registry.quarantine
+        )
         await backend.start()
         s = self.settings
         self.predictor = Predictor(
@@ -177,9 +180,12 @@ class InferenceApp:
         model = await self.resolve(ref)
         replace = job.mode == events_pb2.ANNOTATE_MODE_REPLACE
         target = open_target(self.settings, job.cvat, model, replace=replace)
+        ledger = self._ledger(job, target.describe, model, threshold)
         outcome = "failed"
         try:
-            result = await annotator.run(target, model, threshold, on_progress, checkpoint)
+            result = await annotator.run(
+                target, model, threshold, on_progress, checkpoint, ledger=ledger
+            )
             outcome = "succeeded"
         except (Cancelled, asyncio.CancelledError):
             outcome = "cancelled"
@@ -211,6 +217,15 @@ class InferenceApp:
             skipped=[events_pb2.SkippedFrame(frame=f, reason=r) for f, r in result.skipped],
             unmatched_classes=list(result.unmatched_classes),
         )
+
+    def _ledger(
+        self, job: AnnotationJob, target: str, model: ModelEntry, threshold: float
+    ) -> RunLedger | None:
+        """The run's write ledger (``runledger``): one per job id and what it asks."""
+        if self.resources is None or not job.job_id:
+            return None
+        key = run_key(target, job.cvat.url, job.cvat.organization, model.label, job.mode, threshold)
+        return RunLedger(self.resources.storage, job.namespace, job.job_id, key)
 
     async def annotate_now(
         self, job: AnnotationJob, on_progress: ProgressCallback | None = None

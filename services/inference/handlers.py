@@ -7,7 +7,9 @@
   the converter's.
 - ``annotation.requested``: pre-annotate the CVAT task or local folder
   (``InferenceApp.annotate``, the same work as gRPC AnnotateTask), report
-  progress on job.status, and emit ``task.preannotated`` with the counts.
+  progress on job.status, and emit ``task.preannotated`` with the counts. A
+  redelivered record resumes its run from the write ledger
+  (``services.inference.runledger``): shapes are written once per frame.
 """
 
 from __future__ import annotations
@@ -28,12 +30,11 @@ from services.inference.app import (
     describe_done,
 )
 
-#: Shortest time between two progress snapshots on job.status.
-
 
 def checkpoint(msg: events_pb2.AnnotationRequested, ctx: Context) -> None:
     """Stop a run between batches: a user's cancel, or the service shutting down
-    (the record is then left for redelivery; replace mode makes the rerun clean)."""
+    (the record is then left for redelivery; the run's write ledger makes the
+    rerun resume after the frames already written, see ``runledger``)."""
     if ctx.cancel_requested():
         what = msg.cvat.url if is_file_ref(msg.cvat.url) else f"CVAT task {msg.cvat.task_id}"
         raise Cancelled(f"pre-annotation of {what} cancelled")

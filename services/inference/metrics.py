@@ -15,6 +15,7 @@ gRPC Predict and StreamPredict, CVAT's Nuclio calls.
     preannotate_inference_runs_total{target,outcome}        annotation runs by how they ended
     preannotate_inference_models_known                      model versions in the registry
     preannotate_inference_models_loaded{backend}            versions held by the backend
+    preannotate_inference_models_quarantined{backend}       versions that failed to load, left out
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ MODELS_KNOWN = Gauge(
 MODELS_LOADED = Gauge(
     "preannotate_inference_models_loaded",
     "Model versions the backend holds: loaded in memory (inprocess) or in TF Serving's config",
+    ["backend"],
+)
+MODELS_QUARANTINED = Gauge(
+    "preannotate_inference_models_quarantined",
+    "Model versions that failed to load in TF Serving and are left out of its config "
+    "(see the inference service's logs and ListModels for which)",
     ["backend"],
 )
 

@@ -6,6 +6,12 @@ found with ``preannotate.layout``), so a restarted service knows its models.
 Version 0 in a lookup means the newest version. A failed lookup first looks in
 storage again (another replica may have taken the event), then answers with
 what exists.
+
+A version the serving backend could not load is quarantined (``quarantine``,
+called by the TF Serving backend): it stays known but is left out of the
+listings (``entries``, ``latest``, so ListModels shows servable models only),
+the newest-version lookup passes over it, and a lookup of that version fails
+with its load error; ``quarantined`` lists them with why.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 from preannotate import keys, layout
 from preannotate.classes import parse_classes
-from preannotate.errors import InvalidArgument, NotFound
+from preannotate.errors import FailedPrecondition, InvalidArgument, NotFound
 from preannotate.storage import MANIFEST, Storage, read_manifest
 from preannotate.v1 import common_pb2, events_pb2
 
@@ -181,6 +187,14 @@ class ModelRegistry:
         self._entries: dict[tuple[str, str, int], ModelEntry] = {}
         #: Manifests that could not be read, with why (shown by failed lookups).
         self.broken: dict[str, str] = {}
+        #: Versions the backend could not load: key -> its error (see ``quarantine``).
+        self.quarantined: dict[tuple[str, str, int], str] = {}
+
+    def quarantine(self, entry: ModelEntry, error: str) -> None:
+        """Leave ``entry`` out of listings and newest-version lookups (module doc)."""
+        self.quarantined[entry.key] = error
+        if self.log is not None:
+            self.log.error("model quarantined: it failed to load", model=entry.label, error=error)
 
     def add(self, entry: ModelEntry) -> bool:
         """Register ``entry``; False when that version was known already (kept as it was)."""
@@ -190,8 +204,13 @@ class ModelRegistry:
         return True
 
     def entries(self, namespace: str | None = None) -> list[ModelEntry]:
-        """Every known version (of ``namespace``), sorted by namespace, name, version."""
-        out = [e for e in self._entries.values() if namespace in (None, "", e.namespace)]
+        """Every servable version (of ``namespace``; quarantined ones left out),
+        sorted by namespace, name, version."""
+        out = [
+            e
+            for e in self._entries.values()
+            if namespace in (None, "", e.namespace) and e.key not in self.quarantined
+        ]
         return sorted(out, key=lambda e: e.key)
 
     def latest(self, namespace: str | None = None) -> list[ModelEntry]:
@@ -202,9 +221,14 @@ class ModelRegistry:
         return list(newest.values())
 
     def get(self, namespace: str, name: str, version: int = 0) -> ModelEntry | None:
+        """That version (quarantined or not); version 0: the newest not quarantined."""
         if version:
             return self._entries.get((namespace, name, version))
-        versions = [e for k, e in self._entries.items() if k[:2] == (namespace, name)]
+        versions = [
+            e
+            for k, e in self._entries.items()
+            if k[:2] == (namespace, name) and k not in self.quarantined
+        ]
         return max(versions, key=lambda e: e.version) if versions else None
 
     async def resolve(self, namespace: str, name: str, version: int = 0) -> ModelEntry:
@@ -217,12 +241,19 @@ class ModelRegistry:
         if entry is None and self.storage is not None:
             await self.refresh(namespace, name)
             entry = self.get(namespace, name, version)
+        if entry is not None and entry.key in self.quarantined:
+            raise FailedPrecondition(
+                f"model {entry.label} failed to load and is quarantined: "
+                f"{self.quarantined[entry.key]}"
+            )
         if entry is None:
             known = [e.label for e in self.entries(namespace)]
             wanted = f"{namespace}/{name}" + (f"/{version}" if version else "")
+            bad = ["/".join(map(str, k)) for k in sorted(self.quarantined) if k[0] == namespace]
             raise NotFound(
                 f"no ready model {wanted}; ready models in namespace {namespace!r}: "
                 + (", ".join(known) if known else "none")
+                + (f"; quarantined (failed to load): {', '.join(bad)}" if bad else "")
             )
         return entry
 

@@ -12,8 +12,12 @@ checkpoint's key (what ``model.trained`` carries, what TensorFlow restores
 once the files are local) is ``.../checkpoints/ckpt-<step>/ckpt-<step>``.
 
 ``upload()`` mirrors the local folder after every save: data files first, the
-index last, then it deletes the stored checkpoints the folder no longer holds.
-An index in storage therefore always has its data. ``download_latest()`` is
+index last, then it deletes the stored checkpoints that this worker uploaded
+(or adopted when it resumed) and the folder no longer holds. An index in
+storage therefore always has its data, and a worker never deletes a
+checkpoint another worker wrote. ``fence`` (``Lease.check``) runs before
+anything is written or deleted: a worker that lost the job's lease raises
+there and touches nothing. ``download_latest()`` is
 the resume side: the newest complete checkpoint (``preannotate.layout``'s
 rule: its index and every data shard), downloaded, with a state file naming
 it, so the loop restores it and goes on from its step.
@@ -22,6 +26,7 @@ it, so the loop restores it and goes on from its step.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,23 +69,54 @@ def local_steps(local_dir: Path) -> dict[int, list[Path]]:
     return found
 
 
-def upload(storage: Storage, local_dir: Path, prefix: str, uploaded: set[int]) -> list[int]:
+def upload(
+    storage: Storage,
+    local_dir: Path,
+    prefix: str,
+    uploaded: set[int],
+    fence: Callable[[], None] = lambda: None,
+) -> list[int]:
     """Mirror the local checkpoints to storage; returns the steps stored now.
 
-    ``uploaded`` holds the steps already in storage and is updated, so each
-    checkpoint goes up once.
+    ``uploaded`` holds the steps this worker stored (or adopted on resume) and
+    is updated, so each checkpoint goes up once and only these are pruned.
+    ``fence`` raises when this worker may no longer write (its lease was lost).
     """
     here = local_steps(local_dir)
     for step in sorted(set(here) - uploaded):
         files = sorted(here[step], key=lambda p: (p.suffix == ".index", p.name))
+        fence()
         for path in files:  # data first, index last
             storage.upload_file(folder_key(prefix, step) + path.name, path)
         uploaded.add(step)
-    for step in stored_steps(storage, prefix):
-        if step not in here:
-            storage.delete_prefix(folder_key(prefix, step))
-            uploaded.discard(step)
+    for step in sorted(uploaded - set(here)):
+        fence()
+        storage.delete_prefix(folder_key(prefix, step))
+        uploaded.discard(step)
     return sorted(uploaded)
+
+
+def adopt(
+    storage: Storage,
+    prefix: str,
+    resumed: int | None,
+    fence: Callable[[], None] = lambda: None,
+) -> set[int]:
+    """On (re)start, with the job's lease held: the stored steps this worker now owns.
+
+    Checkpoints up to the one it resumed from (``resumed``, None for a fresh
+    start) were written by earlier holders of this job and are pruned like its
+    own; those after it are uploads that broke and are deleted now, so a step
+    the loop saves again is uploaded whole.
+    """
+    owned = set()
+    for step in stored_steps(storage, prefix):
+        if resumed is not None and step <= resumed:
+            owned.add(step)
+        else:
+            fence()
+            storage.delete_prefix(folder_key(prefix, step))
+    return owned
 
 
 def stored_steps(storage: Storage, prefix: str) -> list[int]:

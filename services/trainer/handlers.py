@@ -5,10 +5,16 @@
    namespace, the classes, masks for Mask R-CNN. A refusal is
    ``InvalidArgument``: the runner sends the record to the DLQ and marks the
    job failed with the message.
-2. Claim the model version (``job.claim``): the ``TrainingRun`` that every
+2. Take the job's lease (``preannotate.lease``): one worker holds a job at a
+   time. A lease another worker holds is waited for (``trainer_lease_wait_seconds``)
+   and then refused with ``Unavailable``. A ``LeaseKeeper`` renews it while the
+   job runs; it is released at the end. A worker whose lease another took
+   stops at its next step and writes nothing more (``LeaseLost``, an
+   ``Interrupted``: the record stays uncommitted), and publishes nothing.
+3. Claim the model version (``job.claim``): the ``TrainingRun`` that every
    step of the job takes. A version of this job that is finished already (its
    manifest exists): emit the same ``ModelTrained`` again, do nothing else.
-3. Run the job (``services.trainer.job``) in a thread; its progress reaches
+4. Run the job (``services.trainer.job``) in a thread; its progress reaches
    ``job.status`` through ``preannotate.progress.ThreadReports`` (a report
    that cannot be written is logged and counted, and training goes on), and
    the Prometheus gauges (``metrics``). ``ctx.cancel_requested`` stops it at
@@ -28,6 +34,7 @@ from preannotate.catalog import Catalog, default_catalog
 from preannotate.errors import InvalidArgument
 from preannotate.handler import Context, Outcome
 from preannotate.keys import check_name, dataset_prefix, default_model_name
+from preannotate.lease import Lease, LeaseKeeper, holder_id
 from preannotate.progress import ThreadReports
 from preannotate.storage.base import check_prefix
 from preannotate.v1 import common_pb2, events_pb2
@@ -155,11 +162,40 @@ async def handle_dataset_exported(
     """Train the model a DatasetExported asks for; emit ``model.trained``."""
     catalog = catalog or default_catalog()
     request = validate(msg, settings, catalog)
+    lease = Lease(
+        ctx.storage,
+        request.namespace,
+        request.job_id,
+        holder=holder_id("trainer"),
+        ttl=settings.trainer_lease_seconds,
+    )
+    await asyncio.to_thread(
+        lease.acquire, wait=settings.trainer_lease_wait_seconds, should_stop=ctx.stop_requested
+    )
+    try:
+        with LeaseKeeper(lease) as keeper:
+            trained = await _train(msg, ctx, request, settings, catalog, lease, keeper)
+        await asyncio.to_thread(lease.check)  # publish only while this worker holds the job
+    finally:
+        await asyncio.to_thread(lease.release)
+    return _outcome(msg, trained)
+
+
+async def _train(
+    msg: events_pb2.DatasetExported,
+    ctx: Context,
+    request: TrainingRequest,
+    settings: TrainerSettings,
+    catalog: Catalog,
+    lease: Lease,
+    keeper: LeaseKeeper,
+) -> job_lib.TrainedModel:
+    """The job's model, with the lease held: found finished, or trained now."""
     run = await asyncio.to_thread(job_lib.claim, storage=ctx.storage, request=request)
     finished = await asyncio.to_thread(job_lib.find_finished, storage=ctx.storage, run=run)
     if finished is not None:
         ctx.log.info("model already trained for this job; re-emitting", model=finished.prefix)
-        return _outcome(msg, finished)
+        return finished
 
     model = common_pb2.ModelRef(
         namespace=request.namespace, name=request.model_name, version=run.version
@@ -167,7 +203,7 @@ async def handle_dataset_exported(
     reports = ThreadReports(ctx, asyncio.get_running_loop(), stage=STAGE, model=model)
     metrics.JOBS_RUNNING.inc()
     try:
-        trained = await asyncio.to_thread(
+        return await asyncio.to_thread(
             job_lib.train,
             storage=ctx.storage,
             settings=settings,
@@ -175,13 +211,13 @@ async def handle_dataset_exported(
             catalog=catalog,
             reporter=_JobReporter(reports, run),
             should_stop=ctx.cancel_requested,
-            should_interrupt=ctx.stop_requested,
+            should_interrupt=lambda: ctx.stop_requested() or keeper.lost,
+            fence=lease.check,
         )
     finally:
         metrics.JOBS_RUNNING.dec()
         metrics.forget(request.job_id, request.entry.name)
         await reports.settle()
-    return _outcome(msg, trained)
 
 
 def _outcome(msg: events_pb2.DatasetExported, trained: job_lib.TrainedModel) -> Outcome:

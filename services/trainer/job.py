@@ -16,6 +16,11 @@
 A cancel, or a failure no retry can fix, deletes the version's prefix
 (nothing half-written stays); a shutdown or a retryable failure keeps it, so
 the redelivered job resumes from its last checkpoint.
+
+``fence`` (the handler passes ``Lease.check``) runs before every write to
+storage: the job's files, each checkpoint upload, the manifest. Once another
+worker holds the job it raises ``LeaseLost`` (an ``Interrupted``), and this
+worker writes and deletes nothing more; the record stays uncommitted.
 """
 
 from __future__ import annotations
@@ -119,10 +124,12 @@ class _Folder:
 
 
 class _TensorBoardSync:
-    """Uploads the local TensorBoard folder's new or grown files."""
+    """Uploads the local TensorBoard folder's new or grown files (after ``fence``)."""
 
-    def __init__(self, storage: Storage, local: Path, prefix: str) -> None:
-        self.storage, self.local, self.prefix = storage, local, prefix
+    def __init__(
+        self, storage: Storage, local: Path, prefix: str, fence: Callable[[], None]
+    ) -> None:
+        self.storage, self.local, self.prefix, self.fence = storage, local, prefix, fence
         self.sent: dict[str, tuple[int, float]] = {}
 
     def __call__(self) -> None:
@@ -133,6 +140,7 @@ class _TensorBoardSync:
             stat = path.stat()
             mark = (stat.st_size, stat.st_mtime)
             if self.sent.get(rel) != mark:
+                self.fence()
                 self.storage.upload_file(self.prefix + rel, path)
                 self.sent[rel] = mark
 
@@ -146,6 +154,7 @@ def train(
     reporter: Reporter,
     should_stop: Callable[[], bool] = lambda: False,
     should_interrupt: Callable[[], bool] = lambda: False,
+    fence: Callable[[], None] = lambda: None,
 ) -> TrainedModel:
     """Train ``run`` to a finished model version (or return the one made before)."""
     found = find_finished(storage=storage, run=run)
@@ -162,9 +171,11 @@ def train(
             folder=folder,
             should_stop=should_stop,
             should_interrupt=should_interrupt,
+            fence=fence,
         )
     except BaseException as exc:
         if not (isinstance(exc, Interrupted) or is_retryable(exc)):
+            fence()  # a worker that lost the job deletes nothing either
             storage.delete_prefix(run.prefix)  # cancelled or failed for good: nothing half-written
             shutil.rmtree(folder.root, ignore_errors=True)
         raise
@@ -180,6 +191,7 @@ def _train(
     folder: _Folder,
     should_stop: Callable[[], bool],
     should_interrupt: Callable[[], bool],
+    fence: Callable[[], None],
 ) -> TrainedModel:
     request, prefix = run.request, run.prefix
     entry = request.entry
@@ -216,6 +228,7 @@ def _train(
     details.update(init.details())
     if resume is not None:
         details["resumed_from_step"] = str(resume.step)
+    fence()
     storage.put(
         run.training_key,
         json.dumps(
@@ -235,6 +248,7 @@ def _train(
     from preannotate.vision import experiment as experiment_lib
 
     experiment_text = experiment_lib.dump(params)
+    fence()
     storage.put(prefix + "experiment.yaml", experiment_text.encode())
     storage.put(prefix + "classes.csv", classes_csv(request.classes).encode())
 
@@ -248,13 +262,11 @@ def _train(
     resumed_from = session.restore_latest()
     if resumed_from is None:
         session.initialise(init)
-    uploaded: set[int] = set(checkpoints.stored_steps(storage, prefix)) & (
-        {resume.step} if resume else set()
-    )
-    tensorboard = _TensorBoardSync(storage, folder.tensorboard, run.tensorboard_prefix)
+    uploaded = checkpoints.adopt(storage, prefix, resume.step if resume else None, fence)
+    tensorboard = _TensorBoardSync(storage, folder.tensorboard, run.tensorboard_prefix, fence)
 
     def on_checkpoint(step: int) -> None:
-        checkpoints.upload(storage, folder.checkpoints, prefix, uploaded)
+        checkpoints.upload(storage, folder.checkpoints, prefix, uploaded, fence)
         tensorboard()
 
     def on_progress(progress: TrainProgress) -> None:
@@ -281,7 +293,7 @@ def _train(
         progress_seconds=settings.trainer_progress_seconds,
         resumed_from=resumed_from,
     )
-    checkpoints.upload(storage, folder.checkpoints, prefix, uploaded)
+    checkpoints.upload(storage, folder.checkpoints, prefix, uploaded, fence)
 
     raw: dict[str, float] = {}
     if plan.evaluate and request.val_images > 0 and data.val_files:
@@ -308,6 +320,7 @@ def _train(
         experiment_text=experiment_text,
         coco=raw,
         manifest=manifest,
+        fence=fence,
     )
     if not settings.trainer_keep_local:
         shutil.rmtree(folder.root, ignore_errors=True)
@@ -391,9 +404,11 @@ def _finish(
     experiment_text: str,
     coco: dict[str, float],
     manifest: dict[str, Any],
+    fence: Callable[[], None],
 ) -> dict[str, Any]:
     """metrics.json, then the manifest last (with every file of the version)."""
     request, step = run.request, manifest["steps"]
+    fence()
     writer = PrefixWriter(storage, run.prefix)
     writer.put("experiment.yaml", experiment_text.encode())
     writer.put("classes.csv", classes_csv(request.classes).encode())
@@ -413,6 +428,7 @@ def _finish(
     checkpoint_folder = manifest["checkpoint"].rsplit("/", 1)[0] + "/"
     for path in sorted(folder.checkpoints.glob(f"ckpt-{step}.*")):
         writer.record(checkpoint_folder[len(run.prefix) :] + path.name, path)
+    fence()  # the manifest publishes the version: only while this worker holds the job
     return writer.commit(manifest)
 
 

@@ -44,6 +44,12 @@ class TrainerSettings(ServiceSettings):
     trainer_coco_checkpoints: dict[str, str] = Field(default_factory=dict)
     #: Keep the local copies (dataset, checkpoints) of a finished job.
     trainer_keep_local: bool = False
+    #: Seconds a job's lease lasts without renewal (renewed every third of it while
+    #: the job runs); a worker that died frees its job after this.
+    trainer_lease_seconds: float = Field(60.0, gt=0)
+    #: Seconds a delivery waits for another worker to let the job's lease go before
+    #: it gives up with a retryable error.
+    trainer_lease_wait_seconds: float = Field(120.0, ge=0)
 
     @field_validator("trainer_coco_checkpoints")
     @classmethod

@@ -1,13 +1,20 @@
 """Model versions: which integer version a training job writes, found again on redelivery.
 
-A job claims ``<ns>/models/<name>/<version>/`` by writing
-``claims/<job_id>/claim.json`` under it (a folder per claim, so a claim can be
-withdrawn with the storage's delete-by-prefix). The version is the next free
-integer (one above every version folder that has anything in it:
-``layout.version_folders``). Storage offers no compare-and-swap, so after
-writing its claim a job lists the claims of that version: it keeps the version only when its claim is the only one, else it
-withdraws and tries the next, after a short random wait. A redelivered job
-finds its own claim and so its version (and its checkpoints) again.
+A version belongs to the job that created its claim, a compare-and-swap::
+
+    <ns>/models/<name>/<version>/claim.json              created with put_if_absent
+    <ns>/models/<name>/<version>/claims/<job_id>/claim.json   the job's marker
+
+The version tried is the next free integer (one above every version folder
+that has anything in it: ``layout.version_folders``). A job writes its marker
+first, then creates ``claim.json`` with ``Storage.put_if_absent`` (S3
+``If-None-Match: *``, a hard link locally, or the storage's fallback): of two
+jobs that try the same version at the same instant exactly one creates it; the
+other withdraws its marker and tries the next version. A redelivered job
+finds its marker (a listing, no read per version) and keeps that version when
+``claim.json`` names it, or creates ``claim.json`` when it died between the
+two writes. One job is run by one worker at a time (``preannotate.lease``,
+taken before the claim), so a job never races itself here.
 
 Which versions are finished is read with ``preannotate.layout``.
 """
@@ -15,12 +22,10 @@ Which versions are finished is read with ``preannotate.layout``.
 from __future__ import annotations
 
 import json
-import random
-import time
 from datetime import UTC, datetime
 from typing import Any
 
-from preannotate.errors import Unavailable
+from preannotate.errors import NotFound, Unavailable
 from preannotate.keys import check_name, model_prefix
 from preannotate.layout import version_folders
 from preannotate.storage import Storage
@@ -43,34 +48,39 @@ def find_claim(storage: Storage, namespace: str, name: str, job_id: str) -> int 
     return None
 
 
+def _owner(storage: Storage, namespace: str, name: str, version: int) -> str | None:
+    """The job id in the version's ``claim.json``; None when nobody created it."""
+    try:
+        return json.loads(storage.get(model_prefix(namespace, name, version) + CLAIM_FILE))[
+            "job_id"
+        ]
+    except NotFound:
+        return None
+
+
 def claim(
     storage: Storage,
     namespace: str,
     name: str,
     job_id: str,
     info: dict[str, Any],
-    *,
-    sleep=time.sleep,
 ) -> int:
     """This job's version: the one it claimed before, or a fresh one it now owns."""
-    found = find_claim(storage, namespace, name, job_id)
-    if found is not None:
-        return found
     body = json.dumps(
         {"job_id": job_id, "claimed_at": datetime.now(UTC).isoformat(), **info}, sort_keys=True
     ).encode()
+    while (found := find_claim(storage, namespace, name, job_id)) is not None:
+        key = model_prefix(namespace, name, found) + CLAIM_FILE
+        owner = _owner(storage, namespace, name, found)
+        if owner == job_id or (owner is None and storage.put_if_absent(key, body)):
+            return found
+        storage.delete_prefix(claim_prefix(namespace, name, found, job_id))  # another's
     for _ in range(_ATTEMPTS):
-        versions = version_folders(storage, namespace, name)
-        version = max(versions, default=0) + 1
+        version = max(version_folders(storage, namespace, name), default=0) + 1
         mine = claim_prefix(namespace, name, version, job_id)
         storage.put(mine + CLAIM_FILE, body)
-        claims = [
-            k
-            for k in storage.list(model_prefix(namespace, name, version) + CLAIMS)
-            if k.endswith("/" + CLAIM_FILE)
-        ]
-        if claims == [mine + CLAIM_FILE]:
-            return version
-        storage.delete_prefix(mine)  # another job claimed it too: both move on
-        sleep(random.uniform(0.05, 0.5))
+        key = model_prefix(namespace, name, version) + CLAIM_FILE
+        if storage.put_if_absent(key, body) or _owner(storage, namespace, name, version) == job_id:
+            return version  # created now, or by this job's other delivery a moment ago
+        storage.delete_prefix(mine)  # another job created this version first: the next one
     raise Unavailable(f"could not claim a version of model {namespace}/{name}: too many at once")

@@ -40,7 +40,8 @@ async def exporter(kafka_bootstrap, s3_storage, cvat, tmp_path):
         kafka_partitions=1,
         session_timeout_ms=6000,
         keepalive_seconds=0.5,
-        retry_attempts=1,  # an Unavailable goes to the DLQ at once
+        retry_attempts=1,
+        retry_deadline_seconds=0,  # an Unavailable goes to the DLQ at once
         retry_backoff_seconds=0.05,
         storage="s3",
         cvat_url=cvat.url,

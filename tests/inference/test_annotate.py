@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from preannotate.cvat import connect
@@ -14,11 +16,12 @@ from tests.standins.cvat import decode_cvat_mask, make_shapes_dataset, shapes_la
 pytestmark = pytest.mark.tf
 
 REPLACE, APPEND = events_pb2.ANNOTATE_MODE_REPLACE, events_pb2.ANNOTATE_MODE_APPEND
+_RUNS = itertools.count(1)
 
 
 def _job(task_id, *, mode=APPEND, model="shapes", threshold=0.5, job_id=0, org=""):
     return AnnotationJob(
-        job_id="annotate-1",
+        job_id=f"annotate-{next(_RUNS)}",  # each call a new run (a rerun: same id)
         namespace="default",
         cvat=common_pb2.CvatRef(task_id=task_id, job_id=job_id, organization=org),
         model=common_pb2.ModelRef(name=model),
@@ -52,7 +55,11 @@ async def test_writes_the_right_shapes_to_the_right_jobs_and_frames(app, cvat):
     async def on_progress(p):
         seen.append((p.frames_done, p.shapes_written, p.done))
 
-    done = await app.annotate(_job(task_id), on_progress)
+    # 0.3: the tiny RetinaNet (focal loss, 900 steps) places its boxes well but
+    # scores many true objects between 0.3 and 0.5, and how many lands above
+    # 0.5 moves with the machine's TensorFlow build (19 to 23 of 24 seen); what
+    # is under test is that the pipeline writes what the model finds, where it is.
+    done = await app.annotate(_job(task_id, threshold=0.3), on_progress)
 
     shapes = _named(cvat, task_id)
     assert done.frames_total == done.frames_done == 12 and not done.skipped
@@ -60,7 +67,7 @@ async def test_writes_the_right_shapes_to_the_right_jobs_and_frames(app, cvat):
     assert done.model == common_pb2.ModelRef(namespace="default", name="shapes", version=1)
     assert {s["source"] for s in shapes} == {"auto"}
     assert {s["type"] for s in shapes} == {"rectangle"}
-    assert min(s["score"] for s in shapes) >= 0.5
+    assert min(s["score"] for s in shapes) >= 0.3
     # Each job holds exactly the shapes of its own frames.
     for job in cvat.jobs(task_id):
         async with connect(app.settings, common_pb2.CvatRef()) as client:

@@ -156,7 +156,9 @@ async def test_prepare_waits_until_available_and_times_out(storage):
         started = time.monotonic()
         await backend.prepare(model)
         assert time.monotonic() - started >= 1.0
-        assert slow.calls["GetModelStatus"] >= 3
+        # The reload itself blocked until the new model was loaded, as TF Serving's does.
+        assert slow.calls["HandleReloadConfigRequest"] == 1
+        assert slow.models["default.shapes"].versions[1].state == AVAILABLE
         await backend.close()
     async with TfServingStandIn(poll_seconds=0.05, load_delay=5.0) as slower:
         backend = _tfserving(slower, storage, registry, load_timeout=0.5)

@@ -3,6 +3,7 @@ COCO 1.0 file, with the tiny real models."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -19,12 +20,13 @@ from tests.standins.cvat import make_shapes_dataset, shapes_labels
 pytestmark = pytest.mark.tf
 
 REPLACE, APPEND = events_pb2.ANNOTATE_MODE_REPLACE, events_pb2.ANNOTATE_MODE_APPEND
+_RUNS = itertools.count(1)
 BROKEN = 3
 
 
 def _job(url: str, *, mode=REPLACE, model="shapes", threshold=0.5, task_id=0) -> AnnotationJob:
     return AnnotationJob(
-        job_id="annotate-folder",
+        job_id=f"annotate-{next(_RUNS)}",  # each call a new run (a rerun: same id)
         namespace="default",
         cvat=common_pb2.CvatRef(url=url, task_id=task_id),
         model=common_pb2.ModelRef(name=model),

@@ -1,14 +1,20 @@
-"""One pipeline stage with a small test handler, run by the real runner in its own process.
+"""One pipeline stage with a small test handler, run by the real runner in its own
+process; and ``Pipeline``, which starts such processes for a test.
 
     python -m tests.platform.stage_process --stage train --bootstrap 127.0.0.1:9092 \
-        --prefix t1234. --storage DIR --acts FILE [--slow-job J] [--die-after-publish J]
+        --prefix t1234. --storage DIR --acts FILE [--slow-job J] [--die-after-publish J] \
+        [--long-job J --work-seconds S]
 
 Each handler appends "<stage> <job_id> <pid>" to the acts file when it acts
 (the side effect whose count the tests check), then returns the next event.
 ``--slow-job`` makes the handler sleep so a test can kill the process
 mid-record; ``--die-after-publish`` kills the process right after its output
 event for that job is published and before the offset is committed (the
-window in which a crash causes a duplicate).
+window in which a crash causes a duplicate). ``--long-job`` makes the handler
+work ``--work-seconds`` for that job, checking ``ctx.stop_requested()`` as a
+real long handler does: it appends "<stage> <job_id> <pid> stopped" and raises
+``Interrupted`` when asked to stop, or "<stage> <job_id> <pid> done" when its
+work is done.
 """
 
 from __future__ import annotations
@@ -16,13 +22,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 from preannotate import topics
+from preannotate.bus import TopicSpec
 from preannotate.bus.kafka import KafkaBus
+from preannotate.errors import Interrupted
 from preannotate.handler import Outcome, Route
 from preannotate.runner import serve
 from preannotate.service import ServiceSpec
 from preannotate.settings import ServiceSettings
+from preannotate.status import StatusView
 from preannotate.storage import LocalStorage
 from preannotate.telemetry.logging import configure
 from preannotate.v1 import common_pb2, events_pb2
@@ -91,6 +105,8 @@ def main() -> None:
     p.add_argument("--acts", required=True)
     p.add_argument("--slow-job", default="")
     p.add_argument("--die-after-publish", default="")
+    p.add_argument("--long-job", default="")
+    p.add_argument("--work-seconds", type=float, default=30.0)
     ns = p.parse_args()
 
     consumed, stage, produced, build = STAGES[ns.stage]
@@ -101,7 +117,21 @@ def main() -> None:
         await ctx.report(stage=stage, message=f"{ns.stage} working")
         if msg.job_id == ns.slow_job:
             await asyncio.sleep(60)  # the test kills us here
+        if msg.job_id == ns.long_job:
+            await work(msg.job_id, ctx)
         return Outcome.emit(produced, build(msg))
+
+    async def work(job_id: str, ctx) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + ns.work_seconds
+        while loop.time() < end:
+            if ctx.stop_requested():
+                with open(ns.acts, "a") as f:
+                    f.write(f"{ns.stage} {job_id} {os.getpid()} stopped\n")
+                raise Interrupted("asked to stop")
+            await asyncio.sleep(0.1)
+        with open(ns.acts, "a") as f:
+            f.write(f"{ns.stage} {job_id} {os.getpid()} done\n")
 
     settings = ServiceSettings(
         bus="kafka",
@@ -127,6 +157,109 @@ def main() -> None:
                 await bus.stop()
 
     asyncio.run(run())
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Pipeline:
+    """Stage processes sharing one topic prefix, storage folder and acts file,
+    with a bus and a job-status view on the same topics for the test."""
+
+    def __init__(self, bootstrap: str, tmp: Path) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = f"p{uuid.uuid4().hex[:8]}."
+        self.storage = tmp / "storage"
+        self.acts = tmp / "acts.log"
+        self.logs = tmp
+        self.procs: list[subprocess.Popen] = []
+        self.bus: KafkaBus | None = None
+        self.view: StatusView | None = None
+
+    async def open(self, settings: ServiceSettings, partitions: int = 2) -> None:
+        """Create the topics (as every service does at start) and start the view."""
+        self.bus = KafkaBus(settings)
+        await self.bus.start()
+        await self.bus.ensure_topics(topic_specs(partitions))
+        self.view = StatusView(self.bus)
+        await self.view.start(wait_caught_up=5)
+
+    async def close(self) -> None:
+        self.stop()
+        if self.view is not None:
+            await self.view.stop()
+        if self.bus is not None:
+            await self.bus.stop()
+
+    def start(self, stage: str, *extra: str) -> subprocess.Popen:
+        with open(self.logs / f"{stage}-{len(self.procs)}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.platform.stage_process",
+                    "--stage",
+                    stage,
+                    "--bootstrap",
+                    self.bootstrap,
+                    "--prefix",
+                    self.prefix,
+                    "--storage",
+                    str(self.storage),
+                    "--acts",
+                    str(self.acts),
+                    *extra,
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.procs.append(proc)
+        return proc
+
+    def lines_of(self, job_id: str) -> list[list[str]]:
+        """The acts file's lines about ``job_id``, split into words."""
+        if not self.acts.exists():
+            return []
+        lines = [line.split() for line in self.acts.read_text().splitlines()]
+        return [words for words in lines if words[1] == job_id]
+
+    def acts_of(self, job_id: str) -> list[str]:
+        """The stages that acted on ``job_id`` (one per handler call), in order."""
+        return [words[0] for words in self.lines_of(job_id) if len(words) == 3]
+
+    def stop(self) -> None:
+        stop_processes(self.procs)
+
+
+def stop_processes(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
+    """SIGTERM every process still running, then kill those not gone after ``grace``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def topic_specs(partitions: int) -> list[TopicSpec]:
+    out = []
+    for name in topics.all_topics(["cpu"]):
+        out.append(TopicSpec(name, partitions, compacted=name in topics.COMPACTED))
+        out.append(TopicSpec(name + ".dlq", partitions))
+    return out
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
 
 
 if __name__ == "__main__":

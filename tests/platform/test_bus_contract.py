@@ -166,3 +166,82 @@ async def test_a_reader_of_a_topic_that_does_not_exist_is_refused(bus, unique_na
         await reader.start()
     await asyncio.sleep(1.0)
     assert topic not in await bus.partitions([topic]), "looking the topic up created it"
+
+
+async def test_a_rebalance_that_keeps_a_partition_hands_nothing_out_twice(bus, unique_name):
+    topic, other, group = unique_name(), unique_name(), unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 1), TopicSpec(other, 1)])
+    await bus.send(topic, b"in flight", key="job-1")
+    a = bus.consumer([topic], group)
+    await a.start()
+    b = bus.consumer([other], group)  # same group, another topic: a keeps its partition
+    try:
+        (record,) = await drain(a, 1)
+        lost: list[set] = []
+        a.on_lost(lost.append)
+        a.pause()  # as the worker does while a long handler runs
+        await b.start()
+        await wait_assigned(b, partitions=1)  # the rebalance is done
+        a.resume()
+        for _ in range(4):
+            assert await a.poll(timeout=0.5) == [], "the record in flight came again"
+        assert a.assignment() == {(topic, 0)} and lost == []
+        await a.commit(record)
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_a_member_is_told_which_partitions_went_and_their_records_move(bus, unique_name):
+    topic, group = unique_name(), unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 2)])
+    a = bus.consumer([topic], group)
+    await a.start()
+    b = bus.consumer([topic], group)
+    try:
+        await wait_assigned(a, partitions=2)
+        for key in ("k1", "k2", "k3", "k4", "k5", "k6"):
+            await bus.send(topic, key.encode(), key=key)
+        got = await drain(a, 6)
+        assert {r.partition for r in got} == {0, 1}
+        lost: list[set] = []
+        a.on_lost(lost.append)
+        await b.start()
+        await wait_assigned(a, b, partitions=2)
+        assert lost == [b.assignment()], "the lost partition is the one b now owns"
+        moved = [r for r in got if (r.topic, r.partition) in b.assignment()]
+        again = await drain(b, len(moved))
+        assert sorted(r.value for r in again) == sorted(r.value for r in moved)
+        assert await a.poll(timeout=0.5) == []
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_a_rebalance_waits_for_a_record_being_settled(bus, unique_name):
+    topic, group = unique_name(), unique_name()
+    await bus.ensure_topics([TopicSpec(topic, 2)])
+    await bus.send(topic, b"done", key="job-1")
+    a = bus.consumer([topic], group)
+    await a.start()
+    b = bus.consumer([topic], group)
+    joining = None
+    try:
+        (record,) = await drain(a, 1)
+        async with a.settle(record) as owned:
+            assert owned
+            joining = asyncio.create_task(b.start())
+            # longer than a rebalance takes, shorter than its timeout (Kafka's
+            # heartbeats run in the background; a poll would wait for the rebalance)
+            await asyncio.sleep(3.0)
+            await a.commit(record)  # not refused: the partition could not move meanwhile
+        await joining
+        await wait_assigned(a, b, partitions=2)  # one partition moved to b
+        for _ in range(4):
+            again = await a.poll(timeout=0.25) + await b.poll(timeout=0.25)
+            assert again == [], "a committed record was handed out again"
+    finally:
+        if joining is not None:
+            await asyncio.gather(joining, return_exceptions=True)
+        await b.stop()
+        await a.stop()

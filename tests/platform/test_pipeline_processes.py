@@ -3,117 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from preannotate import events, topics
-from preannotate.bus import TopicSpec
-from preannotate.bus.kafka import KafkaBus
-from preannotate.status import StatusView
 from preannotate.v1 import events_pb2
-from tests.platform.buses import drain, kafka_settings
+from tests.platform.buses import drain
+from tests.platform.stage_process import Pipeline, wait_for
 
 pytestmark = pytest.mark.timeout(240)
-
-ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("export", "train", "convert", "annotate")
-
-
-class Pipeline:
-    """Stage processes sharing one topic prefix, storage folder and acts file."""
-
-    def __init__(self, bootstrap: str, tmp: Path) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = f"p{uuid.uuid4().hex[:8]}."
-        self.storage = tmp / "storage"
-        self.acts = tmp / "acts.log"
-        self.logs = tmp
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, stage: str, *extra: str) -> subprocess.Popen:
-        with open(self.logs / f"{stage}-{len(self.procs)}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.platform.stage_process",
-                    "--stage",
-                    stage,
-                    "--bootstrap",
-                    self.bootstrap,
-                    "--prefix",
-                    self.prefix,
-                    "--storage",
-                    str(self.storage),
-                    "--acts",
-                    str(self.acts),
-                    *extra,
-                ],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.procs[stage] = proc
-        return proc
-
-    def acts_of(self, job_id: str) -> list[str]:
-        if not self.acts.exists():
-            return []
-        return [
-            line.split()[0]
-            for line in self.acts.read_text().splitlines()
-            if line.split()[1] == job_id
-        ]
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-@pytest.fixture
-async def pipeline(kafka_bootstrap, tmp_path):
-    p = Pipeline(kafka_bootstrap, tmp_path)
-    settings = kafka_settings(kafka_bootstrap, kafka_topic_prefix=p.prefix)
-    bus = KafkaBus(settings)
-    await bus.start()
-    await bus.ensure_topics(_specs())  # as every service does at start
-    p.bus = bus
-    p.view = StatusView(bus)
-    await p.view.start(wait_caught_up=5)
-    yield p
-    p.stop()
-    await p.view.stop()
-    await bus.stop()
-
-
-def _specs():
-    out = []
-    for name in topics.all_topics(["cpu"]):
-        out.append(TopicSpec(name, 2, compacted=name in topics.COMPACTED))
-        out.append(TopicSpec(name + ".dlq", 2))
-    return out
 
 
 def request(job_id: str) -> events_pb2.TaskAnnotated:
@@ -142,7 +41,7 @@ async def test_an_event_travels_through_four_processes_and_survives_a_kill(pipel
     p = pipeline
     job = f"job-{uuid.uuid4().hex[:6]}"
     p.start("export")
-    p.start("train", "--slow-job", job)
+    slow = p.start("train", "--slow-job", job)
     p.start("convert")
     p.start("annotate")
     await events.publish(p.bus, topics.TASK_ANNOTATED, request(job), source="test")
@@ -157,8 +56,8 @@ async def test_an_event_travels_through_four_processes_and_survives_a_kill(pipel
         30,
         "job.status to say TRAIN running",
     )
-    p.procs["train"].kill()  # mid-record: nothing committed
-    p.procs["train"].wait(10)
+    slow.kill()  # mid-record: nothing committed
+    slow.wait(10)
     p.start("train")  # a new worker, no slow job this time
 
     out = await preannotated(p, job)

@@ -1,4 +1,5 @@
-"""The runner on both buses: DLQ, retries, the once-ledger, long handlers, status."""
+"""The runner on both buses: DLQ, retries, the once-ledger, long handlers,
+rebalances, status."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import asyncio
 import pytest
 
 from preannotate import events, topics
-from preannotate.bus import MemoryBus
+from preannotate.bus import MemoryBus, TopicSpec
 from preannotate.bus.kafka import KafkaBus
-from preannotate.errors import InvalidArgument, Unavailable
+from preannotate.errors import Interrupted, InvalidArgument, Unavailable
 from preannotate.handler import Outcome, Route
 from preannotate.ledger import Ledger
 from preannotate.runner import Runtime
@@ -17,7 +18,7 @@ from preannotate.service import ServiceSpec
 from preannotate.settings import ServiceSettings
 from preannotate.storage import LocalStorage
 from preannotate.v1 import events_pb2
-from tests.platform.buses import drain, kafka_settings
+from tests.platform.buses import drain, kafka_settings, wait_assigned
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,6 +45,8 @@ class Probe:
         self.seen: list[str] = []
         self.behaviour: dict[str, str] = {}
         self.failures_left: dict[str, int] = {}
+        self.stopped: list[str] = []
+        self.release = asyncio.Event()  # ends "held" handlers
 
     async def __call__(self, msg, ctx):
         self.seen.append(msg.job_id)
@@ -56,9 +59,24 @@ class Probe:
         if what == "flaky" and self.failures_left.get(msg.job_id, 0) > 0:
             self.failures_left[msg.job_id] -= 1
             raise Unavailable("CVAT answered 503")
+        if what == "down":
+            raise Unavailable("S3 answered 503")
+        if what == "timeout":
+            raise TimeoutError("no answer")
         if what == "slow":
             await asyncio.sleep(2.5)
+        if what == "held":  # runs until released, stopping early when asked to
+            while not self.release.is_set():
+                if ctx.stop_requested():
+                    self.stopped.append(msg.job_id)
+                    raise Interrupted("asked to stop")
+                await asyncio.sleep(0.05)
         return Outcome.emit(topics.train_jobs("cpu"), exported(msg))
+
+
+#: The runtime's retry deadline for Unavailable: 5 failures (0.05 s doubling,
+#: 1.55 s of waits) fit well within it, a dependency that stays down does not.
+DEADLINE = 8.0
 
 
 @pytest.fixture(params=["memory", "kafka"])
@@ -70,12 +88,19 @@ async def runtime(request, tmp_path):
     )
     if request.param == "memory":
         settings = ServiceSettings(
-            bus="memory", keepalive_seconds=0.5, retry_backoff_seconds=0.05, retry_attempts=3
+            bus="memory",
+            keepalive_seconds=0.5,
+            retry_backoff_seconds=0.05,
+            retry_attempts=3,
+            retry_deadline_seconds=DEADLINE,
         )
         bus = MemoryBus()
     else:
         settings = kafka_settings(
-            request.getfixturevalue("kafka_bootstrap"), retry_attempts=3, kafka_partitions=2
+            request.getfixturevalue("kafka_bootstrap"),
+            retry_attempts=3,
+            retry_deadline_seconds=DEADLINE,
+            kafka_partitions=2,
         )
         bus = None
     settings = settings.model_copy(update={"machine_types": "cpu=0"})
@@ -133,16 +158,86 @@ async def test_poison_and_invalid_records_go_to_the_dlq_once_and_the_consumer_ca
     assert len(await read_topic(rt, topics.TASK_ANNOTATED + ".dlq", 4, timeout=2)) == 3
 
 
-async def test_retryable_errors_back_off_and_retry(runtime):
+async def test_unavailable_is_retried_past_the_attempts_until_it_clears(runtime):
     rt = runtime
     rt.probe.behaviour = {"job-flaky": "flaky"}
-    rt.probe.failures_left = {"job-flaky": 2}
+    rt.probe.failures_left = {"job-flaky": 5}  # more than retry_attempts (3)
     await events.publish(rt.bus, topics.TASK_ANNOTATED, task_annotated("job-flaky"), source="t")
     out = await read_topic(rt, topics.train_jobs("cpu"), 1)
     assert [events.decode(r).job_id for r in out] == ["job-flaky"]
-    assert rt.probe.seen.count("job-flaky") == 3
+    assert rt.probe.seen.count("job-flaky") == 6
     dead = await read_topic(rt, topics.TASK_ANNOTATED + ".dlq", 1, timeout=1)
     assert dead == []
+
+
+async def test_unavailable_past_the_deadline_and_other_retryables_past_the_attempts_go_to_the_dlq(
+    runtime,
+):
+    rt = runtime
+    rt.probe.behaviour = {"job-down": "down", "job-timeout": "timeout"}
+    for job in ("job-down", "job-timeout"):
+        await events.publish(rt.bus, topics.TASK_ANNOTATED, task_annotated(job), source="t")
+    dead = await read_topic(rt, topics.TASK_ANNOTATED + ".dlq", 2, timeout=DEADLINE + 20)
+    assert sorted((r.key, r.headers["dlq_error_type"]) for r in dead) == [
+        ("job-down", "Unavailable"),
+        ("job-timeout", "TimeoutError"),
+    ]
+    assert rt.probe.seen.count("job-timeout") == 3  # retry_attempts
+    assert rt.probe.seen.count("job-down") > 3  # retried until the deadline
+    assert await read_topic(rt, topics.train_jobs("cpu"), 1, timeout=1) == []
+
+
+async def test_a_rebalance_that_keeps_the_partition_does_not_run_or_publish_twice(
+    runtime, unique_name
+):
+    rt = runtime
+    rt.probe.behaviour = {"job-held": "held"}
+    await events.publish(rt.bus, topics.TASK_ANNOTATED, task_annotated("job-held"), source="t")
+    await until(lambda: "job-held" in rt.probe.seen)
+    # a member of the worker's group on another topic: every partition stays where it is
+    other = unique_name()
+    await rt.bus.ensure_topics([TopicSpec(other, 1)])
+    joiner = rt.bus.consumer([other], "preannotate-probe")
+    await joiner.start()
+    try:
+        await wait_assigned(joiner, partitions=1)  # the group has rebalanced
+        rt.probe.release.set()
+        out = await read_topic(rt, topics.train_jobs("cpu"), 2, timeout=5)
+    finally:
+        await joiner.stop()
+    assert [events.decode(r).job_id for r in out] == ["job-held"], "published twice"
+    assert rt.probe.seen == ["job-held"] and rt.probe.stopped == []
+
+
+async def test_a_revoked_record_is_stopped_and_left_to_the_new_owner_unpublished(tmp_path):
+    probe = Probe()
+    probe.behaviour = {"job-moves-1": "held"}  # partition 2 of 3 on the memory bus
+    spec = ServiceSpec(
+        name="probe",
+        routes=[Route(topics.TASK_ANNOTATED, probe, stage=events_pb2.JOB_STAGE_EXPORT)],
+    )
+    settings = ServiceSettings(bus="memory", keepalive_seconds=0.5, kafka_partitions=3)
+    bus = MemoryBus()
+    rt = Runtime([(spec, settings)], bus=bus, storage=LocalStorage(tmp_path / "s"))
+    await rt.start()
+    newcomer = bus.consumer([topics.TASK_ANNOTATED], "preannotate-probe")
+    try:
+        msg = task_annotated("job-moves-1")
+        await events.publish(bus, topics.TASK_ANNOTATED, msg, source="t")
+        await until(lambda: "job-moves-1" in probe.seen)
+        await newcomer.start()  # range assignment: partition 2 moves to the newcomer
+        assert newcomer.assignment() == {(topics.TASK_ANNOTATED, 2)}
+        await until(lambda: probe.stopped == ["job-moves-1"])
+        (again,) = await drain(newcomer, 1)  # left uncommitted for the new owner
+        assert events.decode(again).job_id == "job-moves-1"
+        await asyncio.sleep(0.5)
+    finally:
+        await newcomer.stop()
+        await rt.stop()
+    assert bus.records(topics.train_jobs("cpu")) == []
+    assert Ledger(rt.storage).read("team-a", "job-moves-1", "export") is None
+    statuses = [events.decode(r) for r in bus.records(topics.JOB_STATUS)]
+    assert all(s.state == events_pb2.JOB_STATE_RUNNING for s in statuses)
 
 
 async def test_a_redelivered_record_is_acted_on_once(runtime):

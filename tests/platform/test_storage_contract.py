@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -91,3 +93,81 @@ def test_a_failed_writer_leaves_nothing_behind(storage):
         raise RuntimeError("conversion failed")
     assert storage.list(prefix) == []
     assert not is_complete(storage, prefix)
+
+
+@pytest.fixture(params=["local", "s3", "s3-fallback"])
+def creating_storage(request):
+    """Each way a store creates a key only if absent: a hard link, S3's If-None-Match,
+    and the candidates fallback of a store without conditional writes."""
+    if request.param == "s3-fallback":
+        storage = request.getfixturevalue("s3_storage")
+        storage.conditional_writes = False
+        return storage
+    return request.getfixturevalue(f"{request.param}_storage")
+
+
+def _race(storage, key: str, creators: int) -> list[int]:
+    """``creators`` threads create ``key`` at once; the indexes of those that won."""
+    barrier = threading.Barrier(creators)
+
+    def create(i: int) -> bool:
+        barrier.wait()
+        return storage.put_if_absent(key, b"creator-%d" % i)
+
+    with ThreadPoolExecutor(creators) as pool:
+        won = list(pool.map(create, range(creators)))
+    return [i for i, ok in enumerate(won) if ok]
+
+
+def test_put_if_absent_creates_a_key_once(creating_storage):
+    storage = creating_storage
+    assert storage.put_if_absent("ns/jobs/j/lease/1.json", b"first")
+    assert not storage.put_if_absent("ns/jobs/j/lease/1.json", b"second")
+    assert storage.get("ns/jobs/j/lease/1.json") == b"first"
+    storage.put("ns/x.bin", b"plain")
+    assert not storage.put_if_absent("ns/x.bin", b"other")
+    assert storage.list("ns/") == ["ns/jobs/j/lease/1.json", "ns/x.bin"]  # nothing else left
+    with pytest.raises(UnsafeName):
+        storage.put_if_absent("ns/../x", b"")
+
+
+def test_of_concurrent_creators_exactly_one_wins(creating_storage):
+    storage = creating_storage
+    for n in range(5):
+        key = f"ns/models/m/{n + 1}/claim.json"
+        winners = _race(storage, key, creators=6)
+        assert len(winners) == 1, f"round {n}: {winners} all created {key}"
+        assert storage.get(key) == b"creator-%d" % winners[0]
+    assert all(k.endswith("/claim.json") for k in storage.list("ns/"))
+
+
+def test_a_store_that_answers_501_gets_the_fallback(s3_storage):
+    """A store that does not implement If-None-Match (501 NotImplemented) is detected on
+    the first conditional create, which then goes through the candidates fallback."""
+    from botocore.awsrequest import AWSResponse
+
+    refused = []
+
+    def not_implemented(request, **_):
+        if "If-None-Match" in request.headers:
+            refused.append(request.url)
+            body = b"<Error><Code>NotImplemented</Code><Message>no</Message></Error>"
+            return AWSResponse(request.url, 501, {}, _Raw(body))
+        return None
+
+    s3_storage._s3.meta.events.register("before-send.s3.PutObject", not_implemented)
+    assert s3_storage.put_if_absent("ns/a.json", b"1")
+    assert not s3_storage.put_if_absent("ns/a.json", b"2")
+    assert s3_storage.get("ns/a.json") == b"1" and len(refused) == 1
+    assert not s3_storage.conditional_writes
+    assert s3_storage.list("ns/") == ["ns/a.json"]
+
+
+class _Raw:
+    """The raw body of a botocore response built in a test."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body

@@ -116,6 +116,82 @@ def test_unfinished_dataset_is_refused(storage, make_settings, context):
         assert failed == [] and "downloading dataset" in ctx.reports[0]["message"]
 
 
+def test_the_lease_is_released_when_the_job_ends(storage, make_settings):
+    """A job that failed for good (no dataset) lets its lease go: the next delivery,
+    on any worker, takes the job at once with the next generation."""
+    from preannotate.lease import Lease
+
+    data = write_dataset(storage, train_images=2, val_images=1)
+    storage.delete_prefix(data.prefix)
+    msg = data.event("ssd-mobilenet-v2-coco", TINY)
+    with pytest.raises(FailedPrecondition):
+        asyncio.run(handle_dataset_exported(msg, FakeContext(storage), settings=make_settings()))
+    current = Lease(storage, "default", msg.job_id, holder="x", ttl=60).current()
+    assert current.generation == 1 and current.released and current.holder.startswith("trainer@")
+
+
+def _held_by_another(storage, job_id: str):
+    from preannotate.lease import Lease
+
+    other = Lease(storage, "default", job_id, holder="other-worker", ttl=3600)
+    assert other.try_acquire()
+    return other
+
+
+def test_a_job_another_worker_holds_is_not_run(storage, make_settings):
+    """The partition moved while another worker trains the job: this delivery waits for
+    the lease, then gives up with a retryable error having claimed and written nothing."""
+    data = write_dataset(storage, train_images=2, val_images=1)
+    msg = data.event("ssd-mobilenet-v2-coco", TINY)
+    other = _held_by_another(storage, msg.job_id)
+    ctx = FakeContext(storage)
+    settings = make_settings(trainer_lease_wait_seconds=0)
+    with pytest.raises(Unavailable, match="is held by other-worker"):
+        asyncio.run(handle_dataset_exported(msg, ctx, settings=settings))
+    assert storage.list(models_root("default")) == [] and ctx.reports == []
+    other.check()  # still the other worker's, untouched
+
+
+def test_a_worker_that_lost_the_job_writes_nothing(storage, make_settings):
+    """The job's lease taken over before this worker's first write: it stops with
+    ``Interrupted`` (record left uncommitted) and writes and deletes nothing."""
+    from preannotate.catalog import default_catalog
+    from preannotate.lease import Lease, LeaseLost
+
+    data = write_dataset(storage, train_images=2, val_images=1)
+    msg = data.event("ssd-mobilenet-v2-coco", TINY)
+    settings = make_settings()
+    request = handlers.validate(msg, settings, default_catalog())
+    now = [0.0]
+    mine = Lease(storage, "default", msg.job_id, holder="me", ttl=10, clock=lambda: now[0])
+    assert mine.try_acquire()
+    run = job_lib.claim(storage=storage, request=request)
+    before = storage.list(models_root("default"))
+    now[0] = 100.0  # this worker stalled; another took the job over
+    assert Lease(
+        storage, "default", msg.job_id, holder="new", ttl=10, clock=lambda: now[0]
+    ).try_acquire()
+    with pytest.raises(LeaseLost) as caught:
+        job_lib.train(
+            storage=storage,
+            settings=settings,
+            run=run,
+            catalog=default_catalog(),
+            reporter=_Silent(),
+            fence=mine.check,
+        )
+    assert isinstance(caught.value, Interrupted)
+    assert storage.list(models_root("default")) == before  # not even training.json
+
+
+class _Silent:
+    def status(self, message, details):
+        pass
+
+    def progress(self, progress, details):
+        pass
+
+
 def test_validate_gives_the_job(make_settings):
     from preannotate.catalog import default_catalog
     from tests.trainer.datasets import TinyDataset

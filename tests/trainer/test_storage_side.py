@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from preannotate.errors import FailedPrecondition
@@ -62,14 +65,43 @@ def test_versions_claims(storage):
     assert versions.find_claim(storage, "default", "m", "job-c") is None
 
 
-def test_a_version_claimed_twice_goes_to_one_job(storage):
-    """Two jobs that wrote a claim on the same version: the one that sees another moves on."""
-    other = versions.claim_prefix("default", "m", 1, "job-x") + versions.CLAIM_FILE
-    storage.put(other, b"{}")  # job-x claimed 1 and has not listed yet
-    waits = []
-    assert versions.claim(storage, "default", "m", "job-y", {}, sleep=waits.append) == 2
+def test_a_version_created_by_another_job_is_left_to_it(storage):
+    """job-x created version 1's claim.json; job-y, whose marker there is stale (it lost
+    the race and died before withdrawing), takes version 2 and drops the stale marker."""
+    assert versions.claim(storage, "default", "m", "job-x", {}) == 1
+    stale = versions.claim_prefix("default", "m", 1, "job-y") + versions.CLAIM_FILE
+    storage.put(stale, b"{}")
+    assert versions.claim(storage, "default", "m", "job-y", {}) == 2
     assert versions.find_claim(storage, "default", "m", "job-y") == 2
-    assert not storage.exists(versions.claim_prefix("default", "m", 1, "job-y") + "claim.json")
+    assert not storage.exists(stale)
+
+
+def test_a_job_that_died_between_its_two_writes_keeps_its_version(storage):
+    marker = versions.claim_prefix("default", "m", 1, "job-a") + versions.CLAIM_FILE
+    storage.put(marker, b"{}")  # marker written, claim.json not yet
+    assert versions.claim(storage, "default", "m", "job-a", {}) == 1
+    assert b'"job_id": "job-a"' in storage.get("default/models/m/1/claim.json")
+    assert versions.claim(storage, "default", "m", "job-b", {}) == 2
+
+
+@pytest.fixture(params=["local", "s3"])
+def either_storage(request):
+    return request.getfixturevalue(f"{request.param}_storage")
+
+
+def test_jobs_claiming_one_model_at_the_same_instant_get_distinct_versions(either_storage):
+    jobs = [f"job-{i}" for i in range(6)]
+    barrier = threading.Barrier(len(jobs))
+
+    def claim(job_id: str) -> int:
+        barrier.wait()
+        return versions.claim(either_storage, "default", "m", job_id, {})
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        got = list(pool.map(claim, jobs))
+    assert sorted(got) == [1, 2, 3, 4, 5, 6], got
+    for job_id, version in zip(jobs, got, strict=True):  # each found again on redelivery
+        assert versions.claim(either_storage, "default", "m", job_id, {}) == version
 
 
 def test_dataset_fetch_downloads_once(storage, tmp_path):
@@ -110,3 +142,56 @@ def test_gauges_follow_a_job_and_go_when_it_ends():
     assert REGISTRY.get_sample_value("preannotate_trainer_eta_seconds", labels) == 30
     metrics.forget("job-g", "maskrcnn")
     assert REGISTRY.get_sample_value("preannotate_trainer_step", labels) is None
+
+
+def test_a_worker_prunes_only_the_checkpoints_it_uploaded(storage, tmp_path):
+    """Two workers on one version (before fencing stopped one): each one's pruning
+    leaves the other's checkpoints alone."""
+    mine, theirs = set(), set()
+    _ckpt(tmp_path / "a", 3)
+    checkpoints.upload(storage, tmp_path / "a", PREFIX, mine)
+    _ckpt(tmp_path / "b", 5)
+    checkpoints.upload(storage, tmp_path / "b", PREFIX, theirs)
+    for path in (tmp_path / "a").glob("ckpt-3.*"):
+        path.unlink()  # a's manager dropped its old one
+    _ckpt(tmp_path / "a", 6)
+    assert checkpoints.upload(storage, tmp_path / "a", PREFIX, mine) == [6]
+    assert checkpoints.stored_steps(storage, PREFIX) == [5, 6]  # b's 5 kept, a's 3 gone
+
+
+def test_a_resumed_worker_adopts_the_older_checkpoints_and_drops_broken_newer_ones(
+    storage, tmp_path
+):
+    _ckpt(tmp_path / "old", 2)
+    _ckpt(tmp_path / "old", 4)
+    checkpoints.upload(storage, tmp_path / "old", PREFIX, set())
+    storage.put(PREFIX + "checkpoints/ckpt-6/ckpt-6.data-00000-of-00001", b"half")  # no index
+    owned = checkpoints.adopt(storage, PREFIX, resumed=4)
+    assert owned == {2, 4} and checkpoints.stored_steps(storage, PREFIX) == [2, 4]
+    local = tmp_path / "new"
+    _ckpt(local, 6)
+    checkpoints.upload(storage, local, PREFIX, owned)
+    assert checkpoints.stored_steps(storage, PREFIX) == [6]  # its own: 2 and 4 pruned
+
+
+def test_a_worker_whose_lease_was_taken_uploads_and_deletes_nothing(storage, tmp_path):
+    from preannotate.lease import Lease, LeaseLost
+
+    now = [0.0]
+    first = Lease(storage, "default", "job-1", holder="a", ttl=10, clock=lambda: now[0])
+    assert first.try_acquire()
+    uploaded: set[int] = set()
+    _ckpt(tmp_path / "a", 3)
+    checkpoints.upload(storage, tmp_path / "a", PREFIX, uploaded, first.check)
+    now[0] = 11.0  # a stalled past its lease; b takes the job over
+    second = Lease(storage, "default", "job-1", holder="b", ttl=10, clock=lambda: now[0])
+    assert second.try_acquire()
+    before = storage.list(PREFIX)
+    for path in (tmp_path / "a").glob("ckpt-3.*"):
+        path.unlink()
+    _ckpt(tmp_path / "a", 6)
+    with pytest.raises(LeaseLost):
+        checkpoints.upload(storage, tmp_path / "a", PREFIX, uploaded, first.check)
+    with pytest.raises(LeaseLost):
+        checkpoints.adopt(storage, PREFIX, resumed=None, fence=first.check)
+    assert storage.list(PREFIX) == before

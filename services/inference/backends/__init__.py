@@ -23,9 +23,11 @@ def make_backend(
     settings: InferenceSettings,
     storage: Storage,
     catalog: Callable[[], Sequence[ModelEntry]],
+    on_quarantine: Callable[[ModelEntry, str], None] | None = None,
 ) -> Backend:
     """The backend ``settings.backend`` names. ``catalog`` lists every known model
-    (TF Serving's config must name them all, since a reload replaces it whole)."""
+    (TF Serving's config must name them all, since a reload replaces it whole);
+    ``on_quarantine`` hears of each version TF Serving fails to load."""
     if settings.backend == "tfserving":
         from services.inference.backends.tfserving import TfServingBackend
 
@@ -38,6 +40,7 @@ def make_backend(
             rpc_timeout=settings.tfserving_rpc_timeout_seconds,
             input_mode=settings.tfserving_input,
             concurrency=settings.inference_concurrency,
+            on_quarantine=on_quarantine,
         )
     from services.inference.backends.inprocess import InProcessBackend
 

@@ -7,6 +7,19 @@ are serialised; after one, ``GetModelStatus`` is polled until the version is
 AVAILABLE (or failed, or the timeout passes). A Predict that finds the model
 unknown (TF Serving restarted and lost the config) reloads once and retries.
 
+Quarantine. TF Serving's reload blocks until the models new to its config
+have loaded and fails the whole call (gRPC UNKNOWN) if one of them fails
+(tests/standins/tfserving/README.md says where in its code), so one broken
+SavedModel in storage would fail every later reload (after each TF Serving
+restart every model is new). When a reload fails, each version it named is
+asked for its status; those that ended with a load error are quarantined:
+left out of every later config, reported (``quarantined``, ``describe()``,
+the ``preannotate_inference_models_quarantined`` gauge, ``on_quarantine`` for
+the registry) and refused with their load error, and the reload is sent again
+without them, so the other models keep serving. A version seen failing in
+``wait_available`` is quarantined the same way. Quarantine lasts until this
+process restarts (a version folder does not change once published).
+
 Only the ``*_pb2_grpc`` stubs and message modules of tensorflow-serving-api
 are imported: ``prediction_service_pb2`` and ``model_service_pb2`` fail under
 protobuf 7.
@@ -67,6 +80,7 @@ class TfServingBackend:
         input_mode: str = "encoded",
         concurrency: int = 1,
         poll_interval: float = 0.2,
+        on_quarantine: Callable[[ModelEntry, str], None] | None = None,
     ) -> None:
         if input_mode not in ("encoded", "tensor"):
             raise InvalidArgument(f"input_mode must be 'encoded' or 'tensor', not {input_mode!r}")
@@ -78,6 +92,9 @@ class TfServingBackend:
         self.input_mode = input_mode
         self.concurrency = concurrency
         self.poll_interval = poll_interval
+        self.on_quarantine = on_quarantine
+        #: Versions that failed to load: (namespace, name, version) -> TF Serving's error.
+        self.quarantined: dict[tuple[str, str, int], str] = {}
         self._channel: grpc.aio.Channel | None = None
         self._predict: Any = None
         self._models: Any = None
@@ -111,7 +128,12 @@ class TfServingBackend:
             self._channel = None
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "address": self.address, "reloads": self.reloads}
+        return {
+            "backend": self.name,
+            "address": self.address,
+            "reloads": self.reloads,
+            "quarantined": {"/".join(map(str, k)): why for k, why in self.quarantined.items()},
+        }
 
     async def sync(self) -> None:
         if self.catalog():
@@ -119,17 +141,24 @@ class TfServingBackend:
 
     # -- ModelService ------------------------------------------------------------
 
+    def served(self, extra: ModelEntry | None = None) -> list[ModelEntry]:
+        """The versions a reload names: every known one (and ``extra``), less the
+        quarantined."""
+        entries = {e.key: e for e in [*self.catalog(), *([extra] if extra else [])]}
+        return [e for k, e in sorted(entries.items()) if k not in self.quarantined]
+
     def model_config(self, extra: ModelEntry | None = None) -> Any:
-        """The ModelServerConfig naming every known model (and ``extra``)."""
+        """The ModelServerConfig naming every served version (``served``)."""
         from tensorflow_serving.config import model_server_config_pb2
 
         versions: dict[tuple[str, str], set[int]] = {}
         base: dict[tuple[str, str], str] = {}
-        for entry in [*self.catalog(), *([extra] if extra else [])]:
+        for entry in self.served(extra):
             key = (entry.namespace, entry.name)
             versions.setdefault(key, set()).add(entry.version)
             base[key] = entry.base_path
         config = model_server_config_pb2.ModelServerConfig()
+        config.model_config_list.SetInParent()  # an empty list is a config; no list is not
         for key in sorted(versions):
             item = config.model_config_list.config.add()
             item.name = served_name(*key)
@@ -138,9 +167,30 @@ class TfServingBackend:
             item.model_version_policy.specific.versions.extend(sorted(versions[key]))
         return config
 
+    def check_servable(self, model: ModelEntry) -> None:
+        """``FailedPrecondition`` with the load error if ``model`` is quarantined."""
+        error = self.quarantined.get(model.key)
+        if error is not None:
+            raise FailedPrecondition(
+                f"TF Serving could not load model {model.label}, so it is quarantined "
+                f"(left out of TF Serving's config until the inference service restarts; "
+                f"publish a new version to replace it): {error}"
+            )
+
+    def quarantine(self, model: ModelEntry, error: str) -> None:
+        if model.key in self.quarantined:
+            return
+        self.quarantined[model.key] = error
+        self._available.discard(model.key)
+        metrics.MODELS_QUARANTINED.labels(self.name).set(len(self.quarantined))
+        if self.on_quarantine is not None:
+            self.on_quarantine(model, error)
+
     async def prepare(self, model: ModelEntry) -> None:
+        self.check_servable(model)
         await self.start()
         await self.reload(model)
+        self.check_servable(model)
         await self.wait_available(model)
 
     async def ensure(self, model: ModelEntry) -> None:
@@ -148,8 +198,10 @@ class TfServingBackend:
         loading it; add it to the config first if TF Serving does not know it."""
         if model.key in self._available:
             return
+        self.check_servable(model)
         if await self.state(model) is None:
             await self.reload(model)
+            self.check_servable(model)
         await self.wait_available(model)
 
     async def state(self, model: ModelEntry) -> int | None:
@@ -177,26 +229,63 @@ class TfServingBackend:
         )
 
     async def reload(self, extra: ModelEntry | None = None) -> None:
-        """Send TF Serving the whole model list (every known model, plus ``extra``)."""
+        """Send TF Serving the whole model list (every known model, plus ``extra``),
+        quarantining the versions that fail to load (module doc)."""
         from tensorflow_serving.apis import model_management_pb2
 
         await self.start()
         assert self._reload_lock is not None
         async with self._reload_lock:
-            config = self.model_config(extra)
-            request = model_management_pb2.ReloadConfigRequest(config=config)
-            response = await self._call(
-                self._models.HandleReloadConfigRequest, request, "reload the model config"
-            )
-            if response.status.error_code != 0:
-                raise FailedPrecondition(
-                    f"TF Serving at {self.address} refused the model config: "
-                    f"{response.status.error_message or response.status.error_code}"
+            while True:
+                config = self.model_config(extra)
+                request = model_management_pb2.ReloadConfigRequest(config=config)
+                try:
+                    response = await self._models.HandleReloadConfigRequest(
+                        request, timeout=self.load_timeout
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        what = f"model {extra.label}" if extra else "the models"
+                        raise Unavailable(
+                            f"{what} not AVAILABLE in TF Serving at {self.address} after "
+                            f"{self.load_timeout:.0f} s (the reload was still loading)"
+                        ) from exc
+                    if exc.code() == grpc.StatusCode.UNKNOWN and await self._quarantine_failed(
+                        self.served(extra), exc.details() or ""
+                    ):
+                        continue  # again, without the versions that failed
+                    raise self._error(exc, "reload the model config") from exc
+                if response.status.error_code != 0:  # older servers answered OK with it
+                    raise FailedPrecondition(
+                        f"TF Serving at {self.address} refused the model config: "
+                        f"{response.status.error_message or response.status.error_code}"
+                    )
+                self.reloads += 1
+                served = sum(len(c.model_version_policy.specific.versions)
+                             for c in config.model_config_list.config)  # fmt: skip
+                metrics.MODELS_LOADED.labels(self.name).set(served)
+                return
+
+    async def _quarantine_failed(self, entries: Sequence[ModelEntry], reload_error: str) -> bool:
+        """After a failed reload: quarantine each of ``entries`` that TF Serving
+        reports ended with a load error; whether any was."""
+        found = False
+        for entry in entries:
+            try:
+                response = await self._models.GetModelStatus(
+                    self._status_request(entry), timeout=self.rpc_timeout
                 )
-            self.reloads += 1
-            served = sum(len(c.model_version_policy.specific.versions)
-                         for c in config.model_config_list.config)  # fmt: skip
-            metrics.MODELS_LOADED.labels(self.name).set(served)
+            except grpc.aio.AioRpcError:
+                continue  # not known (yet): not this one's fault
+            for status in response.model_version_status:
+                if (
+                    status.version == entry.version
+                    and status.state == END
+                    and (status.status.error_code != 0)
+                ):
+                    self.quarantine(entry, status.status.error_message or reload_error)
+                    found = True
+        return found
 
     async def wait_available(self, model: ModelEntry) -> None:
         """Poll GetModelStatus until ``model`` is AVAILABLE; errors name why not."""
@@ -219,10 +308,8 @@ class TfServingBackend:
                         self._available.add(model.key)
                         return
                     if status.state == END and status.status.error_code != 0:
-                        raise FailedPrecondition(
-                            f"TF Serving could not load model {model.label}: "
-                            f"{status.status.error_message}"
-                        )
+                        self.quarantine(model, status.status.error_message)
+                        self.check_servable(model)
                     last = f"state {status.state}"
             if time.monotonic() > deadline:
                 raise Unavailable(

@@ -8,7 +8,7 @@ sees ``Target``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,6 +17,11 @@ from services.inference.postprocess import Detected
 
 FILE_TARGETS_OFF = "PREANNOTATE_INFERENCE_ALLOW_FILE_TARGETS"
 FILE_TARGET_ROOT = "PREANNOTATE_INFERENCE_FILE_TARGET_ROOT"
+
+
+#: Called by ``Target.write`` after each part of a batch is durable: (frames,
+#: frame -> shapes written on it).
+OnWritten = Callable[[Sequence[int], dict[int, int]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,10 @@ class Target(Protocol):
     kind: str
     #: "CVAT task 12" or "folder /data/heldout" (messages).
     describe: str
+    #: Whether each ``write`` is durable when it returns (CVAT: yes, so a rerun
+    #: resumes after the frames written; folder: no, results are durable only
+    #: after ``finish``, so a rerun starts over).
+    resumable: bool
 
     async def labels(self) -> list[dict[str, Any]]:
         """The target's labels as CVAT lists them: ``{"id", "name"}`` (and
@@ -58,9 +67,13 @@ class Target(Protocol):
         ``Unavailable`` mean this frame cannot be had (it is skipped); other
         errors fail the run."""
 
-    async def write(self, results: Sequence[FrameResult]) -> int:
+    async def write(
+        self, results: Sequence[FrameResult], on_written: OnWritten | None = None
+    ) -> int:
         """Write one batch's results (every predicted frame, with or without
-        detections); returns how many shapes were written."""
+        detections); returns how many shapes were written. A resumable target
+        awaits ``on_written`` after each part that is durable (a CVAT job's
+        PATCH), so a failure later in the batch leaves the earlier parts recorded."""
 
     async def finish(self) -> None:
         """After the last write: make the results durable where they are not yet."""

@@ -5,7 +5,8 @@ an annotation job holds; with a job named, only that job's. Shapes go to the
 job that holds their frame, with ``PATCH /api/jobs/{id}/annotations?action=create``:
 rectangles for detectors, masks or polygons (``mask_shape``) for Mask R-CNN,
 ``source: "auto"`` and the score. Replace mode deletes each job's earlier
-``source: "auto"`` shapes first.
+``source: "auto"`` shapes first. Each job's PATCH is durable when it returns
+(``resumable``): ``write`` reports it to ``on_written`` before the next one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from preannotate.cvat import CvatClient
 from preannotate.errors import NotFound
 from services.inference.shapes import cvat_shape
-from services.inference.targets.base import FrameResult
+from services.inference.targets.base import FrameResult, OnWritten
 
 
 def frame_jobs(jobs: Sequence[dict[str, Any]], only_job: int = 0) -> dict[int, int]:
@@ -39,6 +40,7 @@ class CvatTarget:
     """Reads a CVAT task's frames and writes shapes into its jobs."""
 
     kind = "cvat"
+    resumable = True
 
     def __init__(
         self,
@@ -87,20 +89,28 @@ class CvatTarget:
     async def fetch(self, frame: int) -> bytes:
         return await self.client.frame(self.task_id, frame, self.frame_quality)
 
-    async def write(self, results: Sequence[FrameResult]) -> int:
+    async def write(
+        self, results: Sequence[FrameResult], on_written: OnWritten | None = None
+    ) -> int:
+        frames: dict[int, list[int]] = {}
         shapes: dict[int, list[dict[str, Any]]] = {}
+        counts: dict[int, int] = {}
         for result in results:
             job_id = self.owners[result.frame]
+            frames.setdefault(job_id, []).append(result.frame)
             for label_id, det in result.found:
                 shape = cvat_shape(
                     det, result.frame, result.width, result.height, label_id, self.mask_shape
                 )
                 if shape is not None:
                     shapes.setdefault(job_id, []).append(shape)
+                    counts[result.frame] = counts.get(result.frame, 0) + 1
         written = 0
-        for job_id in sorted(shapes):
-            count = await self.client.patch_shapes(job_id, "create", shapes[job_id])
-            written += count
+        for job_id in sorted(frames):
+            if shapes.get(job_id):
+                written += await self.client.patch_shapes(job_id, "create", shapes[job_id])
+            if on_written is not None:
+                await on_written(frames[job_id], {f: counts.get(f, 0) for f in frames[job_id]})
         return written
 
     async def finish(self) -> None:

@@ -23,7 +23,7 @@ from preannotate.cvat import is_under
 from preannotate.cvat.coco import coco_document, coco_image
 from preannotate.errors import InvalidArgument, NotFound
 from services.inference import coco
-from services.inference.targets.base import FILE_TARGET_ROOT, FrameResult
+from services.inference.targets.base import FILE_TARGET_ROOT, FrameResult, OnWritten
 
 IMAGES = Path("images") / "default"
 ANNOTATIONS = Path("annotations") / "instances_default.json"
@@ -49,6 +49,7 @@ class FolderTarget:
     """Reads ``<root>/images/default/`` and writes ``<root>/annotations/instances_default.json``."""
 
     kind = "folder"
+    resumable = False
 
     def __init__(
         self,
@@ -121,7 +122,10 @@ class FolderTarget:
         except OSError as exc:
             raise InvalidArgument(f"image {name} could not be read: {exc}") from exc
 
-    async def write(self, results: Sequence[FrameResult]) -> int:
+    async def write(
+        self, results: Sequence[FrameResult], on_written: OnWritten | None = None
+    ) -> int:
+        """Held in memory until ``finish`` (not resumable: ``on_written`` is not called)."""
         images, annotations = self._doc["images"], self._doc["annotations"]
         written = 0
         for result in results:

@@ -12,9 +12,20 @@ As TF Serving does, each configured model's ``base_path`` holds integer
 version folders (``<base_path>/<version>/saved_model.pb``); the version policy
 is ``latest`` (one, by default), ``all`` or ``specific``. Base paths are local
 folders (or ``file://`` URIs). The folders are polled, so a version that
-appears after the reload is picked up. A reload answers at once; versions load
-in the background (START, LOADING, AVAILABLE; a failed load ends in END with
-the error); new versions are loaded before unwanted ones are unloaded.
+appears after the reload is picked up. Versions load in the background
+(START, LOADING, AVAILABLE; a failed load ends in END with the error); new
+versions are loaded before unwanted ones are unloaded.
+
+A reload blocks as the real one does (README.md beside this file says where
+in TF Serving's code): reloads are serialised; the new config is applied at
+once (models left out unloaded, new ones start loading), then the call waits
+until the awaited models' versions are AVAILABLE or failed: every model of the
+first config after a start, and after that the models whose names are new to
+the config. If one failed, the whole call fails with gRPC ``UNKNOWN`` and
+"N model(s) did not become available: {{{name: ... version: N} due to
+error: ...}, }", while the config stays applied (the other models keep loading and
+serving). Invalid configs fail with ``INVALID_ARGUMENT`` before anything
+changes.
 
 Test hooks: ``calls`` counts requests per method, ``predict_batches`` records
 each Predict's batch size, ``restart()`` forgets config and models as a
@@ -44,6 +55,11 @@ from tensorflow_serving.apis import (
 START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
 #: tensorflow.error.Code values used in StatusProto.
 OK, INVALID_ARGUMENT, NOT_FOUND, UNKNOWN = 0, 3, 5, 2
+_GRPC_CODES = {
+    INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    UNKNOWN: grpc.StatusCode.UNKNOWN,
+}
 
 
 @dataclass
@@ -86,6 +102,10 @@ class TfServingStandIn:
         self._poller: asyncio.Task | None = None
         self._load_lock = asyncio.Lock()
         self._loads: set[asyncio.Task] = set()
+        #: ServerCore's config_mu_: one reload at a time, held while it waits.
+        self._reload_lock = asyncio.Lock()
+        #: Whether a config was applied since the start (the first one waits for all).
+        self._configured = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -126,11 +146,21 @@ class TfServingStandIn:
     def restart(self) -> None:
         """Forget the config and every model, as a restarted TF Serving would."""
         self.models.clear()
+        self._configured = False
 
     # -- config ----------------------------------------------------------------------
 
-    def reload(self, config: Any) -> tuple[int, str]:
-        """Apply a ModelServerConfig; (error code, message)."""
+    async def reload(self, config: Any) -> tuple[int, str]:
+        """Apply a ModelServerConfig and wait for the awaited models (module doc);
+        (error code, message)."""
+        async with self._reload_lock:
+            code, message = self._validate(config)
+            if code != OK:
+                return code, message
+            awaited = self._apply(config)
+            return await self._wait_loaded(awaited)
+
+    def _validate(self, config: Any) -> tuple[int, str]:
         if config.WhichOneof("config") != "model_config_list":
             return INVALID_ARGUMENT, "the stand-in takes a model_config_list only"
         names = [c.name for c in config.model_config_list.config]
@@ -141,8 +171,14 @@ class TfServingStandIn:
                 return INVALID_ARGUMENT, "every model needs a name and a base_path"
             if item.model_platform not in ("", "tensorflow"):
                 return INVALID_ARGUMENT, f"model platform {item.model_platform!r} is not served"
+        return OK, ""
+
+    def _apply(self, config: Any) -> list[str]:
+        """Replace the config; the names of the models the reload waits for."""
         self.configs.append(config)
         wanted = {c.name: c for c in config.model_config_list.config}
+        awaited = [n for n in wanted if not self._configured or n not in self.models]
+        self._configured = True
         for name in list(self.models):
             if name not in wanted:
                 self._unload_model(name)
@@ -155,6 +191,32 @@ class TfServingStandIn:
             else:
                 model.config = item
         self._sync()
+        return awaited
+
+    async def _wait_loaded(self, names: list[str]) -> tuple[int, str]:
+        """Wait until every wanted version of ``names`` is AVAILABLE or END (a model
+        with no version on disk is not waited for); UNKNOWN naming those that failed."""
+        while True:
+            pending, failed = False, []
+            for name in names:
+                model = self.models.get(name)
+                if model is None:
+                    continue
+                desired, _problem = self._desired(model)
+                for number in sorted(desired):
+                    version = model.versions.get(number)
+                    if version is None or version.state not in (AVAILABLE, END):
+                        pending = True
+                    elif version.state == END and version.error:
+                        failed.append(
+                            f"{{name: {name} version: {number}}} due to error: {version.error}"
+                        )
+            if not pending:
+                break
+            await asyncio.sleep(0.02)
+        if failed:
+            listed = "".join(f"{{{item}}}, " for item in failed)
+            return UNKNOWN, f"{len(failed)} model(s) did not become available: {{{listed}}}"
         return OK, ""
 
     def _unload_model(self, name: str) -> None:
@@ -248,8 +310,12 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.owner = owner
 
     async def HandleReloadConfigRequest(self, request, context):
+        # ModelServiceImpl: the status goes in the response *and* is the call's
+        # gRPC status, so a failed reload is an RPC error to the client.
         self.owner.calls["HandleReloadConfigRequest"] += 1
-        code, message = self.owner.reload(request.config)
+        code, message = await self.owner.reload(request.config)
+        if code != OK:
+            await context.abort(_GRPC_CODES[code], message)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = code
         response.status.error_message = message

@@ -135,14 +135,18 @@ class _TensorBoardSync:
     def __call__(self) -> None:
         if not self.local.is_dir():
             return
+        changed = []
         for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
-            rel = path.relative_to(self.local).as_posix()
             stat = path.stat()
             mark = (stat.st_size, stat.st_mtime)
+            rel = path.relative_to(self.local).as_posix()
             if self.sent.get(rel) != mark:
-                self.fence()
-                self.storage.upload_file(self.prefix + rel, path)
-                self.sent[rel] = mark
+                changed.append((rel, path, mark))
+        if changed:
+            self.fence()  # one lease read per sync, not one per file
+        for rel, path, mark in changed:
+            self.storage.upload_file(self.prefix + rel, path)
+            self.sent[rel] = mark
 
 
 def train(

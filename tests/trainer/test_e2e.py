@@ -26,6 +26,7 @@ from preannotate.v1 import events_pb2
 from services.trainer import checkpoints
 from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
 from tests.platform.buses import drain, kafka_settings
+from tests.platform.stage_process import stop_processes
 from tests.trainer.datasets import write_dataset
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.tf]
@@ -84,14 +85,7 @@ class Trainers:
         )
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs, grace=30)
 
 
 async def _wait_for(predicate, timeout: float, what: str, trainers: Trainers) -> None:

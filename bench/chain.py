@@ -221,7 +221,7 @@ async def run_ingest(kind: str, bootstrap: str, total: int, concurrency: int, tm
                         "namespace": "bench",
                         "trigger": "job",
                         "model_type": "ssd-mobilenet-v2-coco",
-                        "arguments": "epochs=100",
+                        "arguments": "epochs=100;pretrained=false",
                         "model_name": "m",
                     }
                 ]

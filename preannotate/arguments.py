@@ -56,6 +56,7 @@ class Arguments:
     input_size: int | None = None
     checkpoint_every: int | None = None
     eval: bool | None = None
+    pretrained: bool | None = None
     schedule_step_1: int | None = None
     schedule_lr_1: float | None = None
     schedule_step_2: int | None = None
@@ -106,6 +107,9 @@ class Plan:
     #: None: the trainer's setting.
     checkpoint_every: int | None
     evaluate: bool
+    #: Start from the model type's published weights (the ``pretrained`` key;
+    #: a base model still wins). False: random start.
+    pretrained: bool = True
     #: (step, learning rate) boundaries after warm-up; empty: constant.
     schedule: tuple[tuple[int, float], ...] = ()
     stages: tuple[Stage, ...] = ()
@@ -126,6 +130,7 @@ class Plan:
             "learning_rate": f"{self.learning_rate:g}",
             "num_clones": str(self.num_clones),
             "input_size": str(self.input_size),
+            "pretrained": "true" if self.pretrained else "false",
         }
         if self.stages:
             out["stages"] = ", ".join(
@@ -407,6 +412,7 @@ def resolve(args: Arguments, model: ModelEntry | str, dataset_images: int) -> Pl
         input_size=input_size,
         checkpoint_every=args.checkpoint_every,
         evaluate=True if args.eval is None else bool(args.eval),
+        pretrained=True if args.pretrained is None else bool(args.pretrained),
         schedule=tuple(schedule),
         stages=stages,
         first_stage_max_proposals=(

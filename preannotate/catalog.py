@@ -242,6 +242,12 @@ def _common_arguments(
             "true",
             "evaluate on the validation split at the end (COCO mAP); false skips it",
         ),
+        ArgumentSpec(
+            "pretrained",
+            BOOL,
+            "true",
+            "start from the model type's published weights; false: random start",
+        ),
     )
 
 

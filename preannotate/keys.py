@@ -31,6 +31,8 @@ def check_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is a safe namespace, model name or job id."""
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise UnsafeName(f"{what} {value!r} is not allowed: use {NAME_RULE}")
+    if what == "namespace" and value == "weights":  # weights/ holds the pretrained weights
+        raise UnsafeName("namespace 'weights' is reserved for the deployment's pretrained weights")
     return value
 
 

@@ -77,11 +77,42 @@ class ServiceSettings(BaseSettings):
 
     namespace: str = "default"
 
+    # Pretrained weights (preannotate.weights; docs/weights.md): fetched once per
+    # deployment into storage under weights/<model-type>/. A mirror is a base URL
+    # (the published file's name is appended); per-model-type URLs win over it.
+    weights_mirror: str = ""
+    # Model type -> URL of its weights file (JSON); wins over the mirror.
+    weights_urls: dict[str, str] = Field(default_factory=dict)
+    # Seconds a weights download may wait for the server before it fails.
+    weights_timeout_seconds: float = Field(60.0, gt=0)
+
     # Trainer pools, "name=gpus" comma-separated: each is one consumer group on
     # its own topic train.jobs.<name>. A request that names none goes to the
     # default pool.
     machine_types: str = "cpu=0"
     default_machine_type: str = "cpu"
+
+    @field_validator("weights_mirror")
+    @classmethod
+    def _check_weights_mirror(cls, value: str) -> str:
+        if value and not _is_http_url(value):
+            raise ValueError("a base URL starting with http:// or https://, or empty")
+        return value.rstrip("/")
+
+    @field_validator("weights_urls")
+    @classmethod
+    def _check_weights_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        from preannotate.catalog import default_catalog
+
+        catalog = default_catalog()
+        for model_type, url in value.items():
+            if model_type not in catalog:
+                raise ValueError(
+                    f"unknown model type {model_type!r}; choose among {', '.join(catalog.names())}"
+                )
+            if not _is_http_url(url):
+                raise ValueError(f"{model_type}: {url!r} is not an http:// or https:// URL")
+        return value
 
     @field_validator("machine_types")
     @classmethod
@@ -102,6 +133,13 @@ class ServiceSettings(BaseSettings):
     def pools(self) -> dict[str, int]:
         """The trainer pools and their GPU counts, e.g. {"cpu": 0, "gpu-4": 4}."""
         return parse_pools(self.machine_types)
+
+
+def _is_http_url(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def parse_pools(text: str) -> dict[str, int]:

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
     total = args.warmup + 2 * args.steps
     text = (
         f"epochs={total};batch_size={args.batch_size};input_size={args.input_size};"
-        f"warmup_steps=0;num_clones={args.num_clones};eval=false"
+        f"warmup_steps=0;num_clones={args.num_clones};eval=false;pretrained=false"
     )
     gpus = len(tf.config.list_physical_devices("GPU"))
     plan = resolve(parse(text, entry, machine_gpus=gpus), entry, args.images)

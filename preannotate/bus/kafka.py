@@ -193,6 +193,45 @@ class KafkaBus:
             headers=dlq_headers(record, error, group),
         )
 
+    async def committed(self, group: str, topic: str) -> dict[int, tuple[int, str]]:
+        """``group``'s committed (offset, metadata) per partition of ``topic``."""
+        for attempt in range(30):  # a new cluster elects its group coordinator first
+            try:
+                found = await self._admin_client().list_consumer_group_offsets(group)
+                break
+            except KafkaError as exc:
+                if not exc.retriable or attempt == 29:
+                    msg = f"could not read the offsets of group {group!r}: {exc}"
+                    raise Unavailable(msg) from exc
+                await asyncio.sleep(1.0)
+        return {
+            tp.partition: (meta.offset, meta.metadata or "")
+            for tp, meta in found.items()
+            if tp.topic == self.full(topic) and meta.offset >= 0
+        }
+
+    async def commit_offsets(
+        self, group: str, topic: str, offsets: Mapping[int, tuple[int, str]]
+    ) -> None:
+        """Commit (offset, metadata) per partition of ``topic`` for ``group``, without
+        joining it (for a group of tools, which has no live members)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.settings.kafka_client_id,
+            group_id=group,
+            enable_auto_commit=False,
+            **_security(self.settings),
+        )
+        try:
+            await consumer.start()
+            parts = {TopicPartition(self.full(topic), p): m for p, m in offsets.items()}
+            consumer.assign(list(parts))
+            await consumer.commit({tp: OffsetAndMetadata(o, m) for tp, (o, m) in parts.items()})
+        except KafkaError as exc:
+            raise Unavailable(f"could not commit offsets of group {group!r}: {exc}") from exc
+        finally:
+            await consumer.stop()
+
 
 class KafkaConsumer(LostNotices):
     """A group member (or, with group None, a reader of every partition)."""
@@ -279,6 +318,19 @@ class KafkaConsumer(LostNotices):
                         timestamp_ms=r.timestamp or 0,
                     )
                 )
+        return out
+
+    async def read_to_end(self) -> list[Record]:
+        """Every record from the positions up to each partition's end as it is now."""
+        assert self._consumer is not None, "read_to_end() before start()"
+        try:
+            ends = await self._consumer.end_offsets(list(self._consumer.assignment()))
+        except KafkaError as exc:
+            raise Unavailable(f"could not read the ends of {self.topics}: {exc}") from exc
+        out: list[Record] = []
+        for tp, end in ends.items():
+            while await self._consumer.position(tp) < end:
+                out.extend(await self.poll(timeout=0.5))
         return out
 
     async def commit(self, record: Record) -> None:

@@ -5,6 +5,7 @@
     preannotate quickstart          the whole loop on a dataset it makes
     preannotate train / watch / cancel / jobs / models / model-types   (TrainingService)
     preannotate annotate / predict                                   (InferenceService)
+    preannotate weights list / pull / import     the pretrained weights in storage
 
 Commands are registered in ``COMMANDS`` below: each names the module whose
 ``add_arguments(name, parser)`` declares its options and returns its handler.
@@ -32,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-types": ("preannotate.cli.training", "list the model catalog"),
     "annotate": ("preannotate.cli.inference", "pre-annotate a CVAT task with a model"),
     "predict": ("preannotate.cli.inference", "run a model on image files"),
+    "weights": ("preannotate.cli.weights", "list, pull or import the pretrained weights"),
+    "dlq": ("preannotate.cli.dlq", "list dead-lettered records; replay them to their topic"),
 }
 
 DESCRIPTION = "Turn annotated CVAT tasks into models that pre-annotate the next tasks."

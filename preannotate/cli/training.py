@@ -278,7 +278,9 @@ async def models_async(
     )
     if reply is None:
         return code
-    table = Table("model", "version", "type", "classes", "metrics", "serving", "job", "created")
+    table = Table(
+        "model", "version", "type", "start", "classes", "metrics", "serving", "job", "created"
+    )
     for m in reply.models:
         classes = ", ".join(m.classes[:5]) + (
             f" (+{len(m.classes) - 5})" if len(m.classes) > 5 else ""
@@ -288,6 +290,7 @@ async def models_async(
             f"{m.ref.namespace}/{m.ref.name}",
             str(m.ref.version),
             m.model_type,
+            m.start or "-",
             classes,
             metrics,
             "yes" if m.serving_path else "not yet",

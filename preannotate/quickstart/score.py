@@ -11,7 +11,9 @@ from pathlib import Path
 
 
 def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
-    """COCO mAP and mAP@0.5 of the predictions file (COCO 1.0 with ``score``s)."""
+    """COCO mAP, mAP@0.5 and the small objects' AP of the predictions file (COCO 1.0
+    with ``score``s). Small is COCO's: area under 32² pixels of the original image;
+    ``AP_small@0.5`` is -1 when the truth has no small object."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -33,14 +35,25 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
             if pred_cats[a["category_id"]] in cats
         ]
         if not detections:
-            return {"mAP": 0.0, "mAP@0.5": 0.0, "detections": 0}
+            return {
+                "mAP": 0.0,
+                "mAP@0.5": 0.0,
+                "AP_small": 0.0,
+                "AP_small@0.5": 0.0,
+                "detections": 0,
+            }
         evaluation = COCOeval(truth, truth.loadRes(detections), "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
+    # precision[iou, recall, class, area, max_dets]: IoU 0.5, area "small", 100 detections.
+    small = evaluation.eval["precision"][0, :, :, 1, -1]
+    small = small[small > -1]
     return {
         "mAP": float(evaluation.stats[0]),
         "mAP@0.5": float(evaluation.stats[1]),
+        "AP_small": float(evaluation.stats[3]),
+        "AP_small@0.5": float(small.mean()) if small.size else -1.0,
         "detections": len(detections),
     }
 

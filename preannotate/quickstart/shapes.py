@@ -36,7 +36,8 @@ class Shape:
 @dataclass(frozen=True)
 class Sample:
     name: str
-    jpeg: bytes
+    #: The encoded image (JPEG or PNG, as ``name`` says).
+    data: bytes
     width: int
     height: int
     shapes: list[Shape]
@@ -153,7 +154,7 @@ def write_cvat_export(samples: list[Sample], path: Path, classes=CLASSES) -> Pat
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("annotations/instances_default.json", json.dumps(coco_json(samples, classes)))
         for s in samples:
-            zf.writestr(f"images/default/{s.name}", s.jpeg)
+            zf.writestr(f"images/default/{s.name}", s.data)
     return path
 
 
@@ -161,5 +162,5 @@ def write_images(samples: list[Sample], folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for s in samples:
-        (folder / s.name).write_bytes(s.jpeg)
+        (folder / s.name).write_bytes(s.data)
     return folder

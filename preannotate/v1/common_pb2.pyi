@@ -303,12 +303,17 @@ class Model(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     INPUT_SIZE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     model_type: _builtins.str
     serving_path: _builtins.str
     """Storage key of <namespace>/serving/<name>/<version>/."""
     job_id: _builtins.str
     """The job that produced it."""
     input_size: _builtins.int
+    start: _builtins.str
+    """The weights its training started from: "coco", "imagenet-backbone",
+    "base <namespace>/<name>/<version>" or "random" (empty: not recorded).
+    """
     @_builtins.property
     def ref(self) -> Global___ModelRef: ...
     @_builtins.property
@@ -328,10 +333,11 @@ class Model(_message.Message):
         job_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         input_size: _builtins.int = ...,
+        start: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created_at", b"created_at", "input_size", b"input_size", "job_id", b"job_id", "metrics", b"metrics", "model_type", b"model_type", "ref", b"ref", "serving_path", b"serving_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created_at", b"created_at", "input_size", b"input_size", "job_id", b"job_id", "metrics", b"metrics", "model_type", b"model_type", "ref", b"ref", "serving_path", b"serving_path", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

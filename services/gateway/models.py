@@ -6,7 +6,8 @@ exists (exported for serving) or, failing that,
 listed with an empty ``serving_path``). Facts missing from the serving
 manifest are taken from the model's manifest. Keys read from a manifest:
 ``model_type``, ``classes``, ``metrics``, ``job_id``, ``created_at`` (ISO 8601),
-``input_size``. Which versions are finished is read with
+``input_size``, ``init.init`` (the start: coco, imagenet-backbone, base
+<ns>/<name>/<version>, random). Which versions are finished is read with
 ``preannotate.layout``. Blocking: call from a thread.
 """
 
@@ -50,6 +51,9 @@ def _fill(model: common_pb2.Model, manifest: dict[str, Any]) -> None:
     size = manifest.get("input_size")
     if not model.input_size and isinstance(size, int) and not isinstance(size, bool):
         model.input_size = size
+    init = manifest.get("init")
+    if not model.start and isinstance(init, dict) and isinstance(init.get("init"), str):
+        model.start = init["init"]
     created = manifest.get("created_at")
     if not model.HasField("created_at") and isinstance(created, str):
         with contextlib.suppress(ValueError):

@@ -6,7 +6,8 @@
    version whose manifest exists is finished (``find_finished``).
 2. Download the dataset (``dataset``) and resolve the plan (steps, batch, ...).
 3. Resume from the newest stored checkpoint, or decide how the model starts
-   (``initialisation``: base model, COCO checkpoint, random).
+   (``initialisation``: base model, the model type's published weights from
+   the weights store, or random with ``pretrained=false``).
 4. Build the Model Garden experiment (``configs``), write ``experiment.yaml``
    and ``classes.csv``, train (``training``) while checkpoints and TensorBoard
    files go up to storage after every save (``checkpoints``).
@@ -212,21 +213,20 @@ def _train(
     previous = _read_json(storage, run.training_key)
     if resume is not None and previous.get("init"):
         # How the interrupted run started; its weights are in the checkpoint.
-        first = previous["init"]
-        init = InitSpec(
-            str(first.get("kind", "")),
-            None,
-            tuple(first.get("modules", ())),
-            first.get("source", ""),
-        )
+        init = InitSpec.from_record(previous["init"])
     else:
+        weights = None
+        if request.base is None and plan.pretrained:  # else the store is not touched
+            reporter.status(f"getting the starting weights of {entry.name}", details)
+            weights = _weights_store(storage, settings)
         init = initialisation.choose(
             storage,
             entry=entry,
             catalog=catalog,
             classes=list(request.classes),
             base=request.base,
-            coco=settings.trainer_coco_checkpoints.get(entry.name),
+            pretrained=plan.pretrained,
+            weights=weights,
             cache_dir=folder.cache,
         )
     details.update(init.details())
@@ -238,7 +238,7 @@ def _train(
         json.dumps(
             {
                 "job_id": request.job_id,
-                "init": {"kind": init.kind, "modules": list(init.modules), "source": init.source},
+                "init": init.record(),
                 "plan": plan.details(),
                 "arguments": request.arguments.text,
             },
@@ -329,6 +329,18 @@ def _train(
     if not settings.trainer_keep_local:
         shutil.rmtree(folder.root, ignore_errors=True)
     return trained_from_manifest(manifest, prefix)
+
+
+def _weights_store(storage: Storage, settings: TrainerSettings):
+    """The deployment's weights store (``weights/<model-type>/``), from the settings."""
+    from preannotate.weights import WeightsStore
+
+    return WeightsStore(
+        storage,
+        mirror=settings.weights_mirror,
+        urls=settings.weights_urls,
+        timeout=settings.weights_timeout_seconds,
+    )
 
 
 def _experiment(
@@ -424,6 +436,7 @@ def _finish(
                 "coco": coco,
                 "step": step,
                 "val_images": request.val_images,
+                "init": manifest["init"],
             },
             indent=2,
             sort_keys=True,

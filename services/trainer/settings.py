@@ -1,4 +1,4 @@
-"""The trainer's settings: its pool, local work folder, checkpoints, progress, COCO weights.
+"""The trainer's settings: its pool, local work folder, checkpoints, progress.
 
 Every field is read from ``PREANNOTATE_<FIELD>`` (upper case), e.g.
 ``PREANNOTATE_MACHINE_TYPE=gpu-4``, ``PREANNOTATE_TRAINER_CHECKPOINT_EVERY=1000``.
@@ -6,19 +6,18 @@ The pools and their GPU counts (``PREANNOTATE_MACHINE_TYPES="cpu=0,gpu-4=4"``)
 come from ``ServiceSettings``; ``machine_type`` says which pool this worker
 serves, so its GPU count is the pool's.
 
-``trainer_coco_checkpoints`` maps a catalog name to a checkpoint that a model
-without a base model starts from (JSON, e.g.
-``{"frcnn-res50-coco": "/weights/frcnn_r50/ckpt-90000"}``): a local path or
-one TensorFlow reads, or ``storage:<key>`` for a checkpoint in the product's
-storage (``<key>.index`` and its data files). Its backbone, and its decoder
-when it has one, are restored; the heads start fresh.
+The weights a model starts from come from the weights store
+(``preannotate.weights``, storage's ``weights/<model-type>/``), configured by
+``ServiceSettings``' ``weights_mirror``, ``weights_urls`` and
+``weights_timeout_seconds``: one home for starting weights. An operator's own
+checkpoint goes in with ``preannotate weights import MODEL FILE``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from preannotate.settings import ENV_PREFIX, ServiceSettings
 
@@ -40,8 +39,6 @@ class TrainerSettings(ServiceSettings):
     trainer_summary_every: int = Field(10, ge=1)
     #: Validation images per replica per evaluation step.
     trainer_eval_batch_per_replica: int = Field(2, ge=1)
-    #: Catalog name -> COCO checkpoint to start from when there is no base model.
-    trainer_coco_checkpoints: dict[str, str] = Field(default_factory=dict)
     #: Keep the local copies (dataset, checkpoints) of a finished job.
     trainer_keep_local: bool = False
     #: Seconds a job's lease lasts without renewal (renewed every third of it while
@@ -50,21 +47,6 @@ class TrainerSettings(ServiceSettings):
     #: Seconds a delivery waits for another worker to let the job's lease go before
     #: it gives up with a retryable error.
     trainer_lease_wait_seconds: float = Field(120.0, ge=0)
-
-    @field_validator("trainer_coco_checkpoints")
-    @classmethod
-    def _check_coco(cls, value: dict[str, str]) -> dict[str, str]:
-        from preannotate.catalog import default_catalog
-
-        catalog = default_catalog()
-        for name, location in value.items():
-            if name not in catalog:
-                raise ValueError(
-                    f"model type {name!r} is not in the catalog; known: {', '.join(catalog.names())}"
-                )
-            if not location.strip():
-                raise ValueError(f"{name}: empty checkpoint location")
-        return value
 
     @model_validator(mode="after")
     def _check_pool(self):

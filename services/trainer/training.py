@@ -3,7 +3,7 @@
 ``Session`` builds the task, model and optimizer from a locked experiment
 config under ``tf.distribute.MirroredStrategy`` over the plan's GPUs (one CPU
 device when there is none), restores the newest local checkpoint (resume: the
-step counter goes on) or initialises from a base model or COCO checkpoint,
+step counter goes on) or initialises from a base model or published weights,
 and runs the steps itself rather than through Orbit, so that between any two
 steps it can:
 
@@ -37,7 +37,7 @@ from preannotate.errors import Cancelled, FailedPrecondition, Interrupted
 from preannotate.telemetry.logging import get_logger
 from preannotate.vision.registry import register
 from services.trainer import stages
-from services.trainer.initialisation import InitSpec
+from services.trainer.initialisation import KERAS_H5, InitSpec
 from services.trainer.progress import ProgressClock, TrainProgress
 
 
@@ -97,6 +97,23 @@ def _learning_rate(optimizer, step) -> float:
     return float(tf.convert_to_tensor(value))
 
 
+def load_keras_h5(backbone, path: str, what: str) -> None:
+    """A Keras Applications weights file (.h5) into ``backbone``, layer by layer in order.
+
+    Loaded the way Keras loads ``weights="imagenet"``: by position, not by name
+    (the file's auto-generated layer names are not this process's, and a load
+    by name would skip them silently). The backbones of
+    ``preannotate.vision.backbones`` keep the application's layers in the
+    application's order; another layer count or shape is refused.
+    """
+    try:
+        backbone.load_weights(path)
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(
+            f"{what} do not fit the backbone of this model ({backbone.name}): {exc}"
+        ) from exc
+
+
 class Session:
     """One model being trained: task, model, optimizer, checkpoints."""
 
@@ -138,10 +155,18 @@ class Session:
         return self.step
 
     def initialise(self, init: InitSpec) -> None:
-        """Load a base model's or COCO checkpoint into the model (not the optimizer)."""
+        """Load the starting weights (base model, published weights) into the model.
+
+        A TensorFlow checkpoint restores ``init.modules`` of the model (not the
+        optimizer); a Keras .h5 file (ImageNet weights of a Keras Applications
+        backbone) is loaded into the backbone.
+        """
         if init.kind == "random" or init.checkpoint is None:
             return
         path = str(init.checkpoint)
+        if init.format == KERAS_H5:
+            load_keras_h5(self.model.backbone, path, f"the {init.kind} weights {init.source}")
+            return
         try:
             saved = [name for name, _ in tf.train.list_variables(path)]
         except (tf.errors.OpError, ValueError) as exc:

@@ -41,7 +41,7 @@ RUNS = {
         "model_type": "ssd-mobilenet-v2-coco",
         "model_name": "detector",
         "arguments": "epochs=30;batch_size=2;input_size=128;checkpoint_every=30;"
-        "warmup_steps=1;initial_learning_rate=0.01;eval=false",
+        "warmup_steps=1;initial_learning_rate=0.01;eval=false;pretrained=false",
         "masks": False,
         "train_images": 6,
     },
@@ -50,7 +50,7 @@ RUNS = {
         "model_name": "segmenter",
         "arguments": "stage1_epochs=1;stage2_epochs=1;stage3_epochs=1;batch_size=1;"
         "input_size=128;first_stage_max_proposals=64;second_stage_batch_size=32;"
-        "num_sampled_masks=8;eval=false",
+        "num_sampled_masks=8;eval=false;pretrained=false",
         "masks": True,
         "train_images": 2,
     },

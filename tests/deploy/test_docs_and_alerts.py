@@ -27,7 +27,7 @@ def test_generated_parts_are_current(generate, capsys: pytest.CaptureFixture[str
 def test_generate_check_notices_a_stale_table(generate, monkeypatch, tmp_path) -> None:
     copy = tmp_path / "operations.md"
     copy.write_text(
-        OPERATIONS.read_text().replace("PREANNOTATE_KAFKA_BOOTSTRAP", "PREANNOTATE_KAFKA")
+        OPERATIONS.read_text().replace("PREANNOTATE_KAFKA_BOOTSTRAP", "PREANNOTATE_KAFKA", 1)
     )
     monkeypatch.setattr(generate, "OPERATIONS", copy)
     assert generate.main(["--check"]) == 1

@@ -130,6 +130,7 @@ async def test_tables(gateway):
         model_type="ssd-mobilenet-v2-coco",
         classes=["duck", "goose"],
         metrics={"AP": 0.5},
+        init={"init": "imagenet-backbone"},
     )
     await cli.train_async(
         task=5,
@@ -155,6 +156,7 @@ async def test_tables(gateway):
     out = console()
     assert await cli.models_async(connection=connection(gateway), console=out) == 0
     assert "team-a/birds" in text(out) and "duck, goose" in text(out) and "AP=0.500" in text(out)
+    assert "imagenet-backbone" in text(out)  # the start its training used
     out = console()
     assert (
         await cli.model_types_async(verbose=True, connection=connection(gateway), console=out) == 0

@@ -244,6 +244,7 @@ async def test_list_models_reads_the_manifests(gateway, stub):
         job_id="job-1",
         input_size=256,
         created_at="2024-05-01T10:00:00+00:00",
+        init={"init": "base team-a/birds-old/4", "init_note": "heads start fresh"},
     )
     write_model(gateway.storage, "team-a", "birds", 1, model_type="ssd-mobilenet-v2-coco")
     write_model(
@@ -266,7 +267,8 @@ async def test_list_models_reads_the_manifests(gateway, stub):
     assert v1.metrics["AP"] == pytest.approx(0.41)
     assert (v1.job_id, v1.input_size, v1.model_type) == ("job-1", 256, "ssd-mobilenet-v2-coco")
     assert v1.created_at.seconds > 0
-    assert v2.serving_path == ""  # trained, not exported yet
+    assert v1.start == "base team-a/birds-old/4"  # the start its training used
+    assert v2.serving_path == "" and v2.start == ""  # trained, not exported; start not recorded
     default = await stub.ListModels(common_pb2.ListModelsRequest())
     assert [m.ref.name for m in default.models] == ["birds", "birds"]
 

@@ -233,6 +233,31 @@ class Pipeline:
         stop_processes(self.procs)
 
 
+def service_env(bootstrap: str, endpoint: str, bucket: str, prefix: str) -> dict[str, str]:
+    """The environment of a service process on the test broker and S3 server."""
+    from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PREANNOTATE_BUS": "kafka",
+        "PREANNOTATE_KAFKA_BOOTSTRAP": bootstrap,
+        "PREANNOTATE_KAFKA_TOPIC_PREFIX": prefix,
+        "PREANNOTATE_KAFKA_PARTITIONS": "1",
+        "PREANNOTATE_SESSION_TIMEOUT_MS": "6000",
+        "PREANNOTATE_KEEPALIVE_SECONDS": "0.5",
+        "PREANNOTATE_STORAGE": "s3",
+        "PREANNOTATE_S3_ENDPOINT": endpoint,
+        "PREANNOTATE_S3_BUCKET": bucket,
+        "PREANNOTATE_S3_REGION": S3_REGION,
+        "PREANNOTATE_S3_ACCESS_KEY": S3_ACCESS_KEY,
+        "PREANNOTATE_S3_SECRET_KEY": S3_SECRET_KEY,
+        "PREANNOTATE_MACHINE_TYPES": "cpu=0",
+        "PREANNOTATE_MACHINE_TYPE": "cpu",
+    }
+
+
 def stop_processes(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
     """SIGTERM every process still running, then kill those not gone after ``grace``."""
     for proc in procs:

@@ -8,6 +8,7 @@ model built costs a TensorFlow trace of its training step.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -18,13 +19,22 @@ from services.trainer.settings import TrainerSettings
 from tests.fakes import FakeContext
 from tests.trainer.datasets import write_dataset
 
-SSD_ARGS = "epochs=6;batch_size=2;input_size=128;checkpoint_every=3;warmup_steps=1"
+SSD_ARGS = "epochs=6;batch_size=2;input_size=128;checkpoint_every=3;warmup_steps=1;pretrained=false"
 SSD_NAME = "boxes"
 
 
 @pytest.fixture
 def storage(tmp_path):
     return LocalStorage(tmp_path / "storage")
+
+
+@pytest.fixture
+def unreachable_mirror() -> str:
+    """A local base URL nothing listens on: a weights fetch from it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/mirror"
 
 
 @pytest.fixture

@@ -174,6 +174,21 @@ def test_plan_carries_every_key_given():
     assert set(plan.user_arguments) == {k.split("=")[0] for k in text.split(";")}
 
 
+def test_pretrained_is_on_by_default_and_every_model_takes_the_key():
+    from preannotate.catalog import default_catalog
+
+    for entry in default_catalog():
+        spec = entry.argument("pretrained")
+        assert spec is not None and (spec.kind, spec.default) == ("bool", "true"), entry.name
+    plan = resolve(parse("", SSD, machine_gpus=0), SSD, 10)
+    assert plan.pretrained is True and plan.details()["pretrained"] == "true"
+    plan = resolve(parse("pretrained=false", SSD, machine_gpus=0), SSD, 10)
+    assert plan.pretrained is False and plan.details()["pretrained"] == "false"
+    assert plan.user_arguments == {"pretrained": False}
+    with pytest.raises(InvalidArgument, match=r"pretrained='coco'.*true or false"):
+        parse("pretrained=coco", SSD, machine_gpus=0)
+
+
 def test_base_model_must_be_of_the_same_namespace():
     assert arguments.parse_base_model("", "team") is None
     assert arguments.parse_base_model("birds", "team") == arguments.BaseModelRef("team", "birds")

@@ -10,7 +10,6 @@ the step after it; ``model.trained`` arrives with the checkpoint and metrics.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -24,15 +23,14 @@ from preannotate.bus import TopicSpec
 from preannotate.bus.kafka import KafkaBus
 from preannotate.v1 import events_pb2
 from services.trainer import checkpoints
-from tests.conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
 from tests.platform.buses import drain, kafka_settings
-from tests.platform.stage_process import stop_processes
+from tests.platform.stage_process import service_env, stop_processes
 from tests.trainer.datasets import write_dataset
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.tf]
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = "epochs=24;batch_size=2;input_size=128;checkpoint_every=4;warmup_steps=2"
+ARGS = "epochs=24;batch_size=2;input_size=128;checkpoint_every=4;warmup_steps=2;pretrained=false"
 
 
 class Trainers:
@@ -41,26 +39,10 @@ class Trainers:
     def __init__(self, bootstrap: str, endpoint: str, bucket: str, tmp: Path) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:8]}."
         self.env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "PREANNOTATE_BUS": "kafka",
-            "PREANNOTATE_KAFKA_BOOTSTRAP": bootstrap,
-            "PREANNOTATE_KAFKA_TOPIC_PREFIX": self.prefix,
-            "PREANNOTATE_KAFKA_PARTITIONS": "1",
-            "PREANNOTATE_SESSION_TIMEOUT_MS": "6000",
-            "PREANNOTATE_KEEPALIVE_SECONDS": "0.5",
-            "PREANNOTATE_STORAGE": "s3",
-            "PREANNOTATE_S3_ENDPOINT": endpoint,
-            "PREANNOTATE_S3_BUCKET": bucket,
-            "PREANNOTATE_S3_REGION": S3_REGION,
-            "PREANNOTATE_S3_ACCESS_KEY": S3_ACCESS_KEY,
-            "PREANNOTATE_S3_SECRET_KEY": S3_SECRET_KEY,
-            "PREANNOTATE_MACHINE_TYPES": "cpu=0",
-            "PREANNOTATE_MACHINE_TYPE": "cpu",
+            **service_env(bootstrap, endpoint, bucket, self.prefix),
             "PREANNOTATE_TRAINER_PROGRESS_SECONDS": "0.2",
             "PREANNOTATE_TRAINER_SUMMARY_EVERY": "4",
             "PREANNOTATE_LOG_FORMAT": "console",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
         }
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []

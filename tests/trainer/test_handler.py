@@ -24,7 +24,7 @@ from services.trainer.run import TrainingRun
 from tests.fakes import FakeContext
 from tests.trainer.datasets import write_dataset
 
-TINY = "batch_size=2;input_size=128;warmup_steps=0;eval=false"
+TINY = "batch_size=2;input_size=128;warmup_steps=0;eval=false;pretrained=false"
 
 
 def _handle(msg, storage, settings, **ctx_args):
@@ -229,8 +229,7 @@ def test_base_model_with_other_classes_keeps_backbone_and_says_so(ssd_run):
     )
     ctx, outcome = _handle(msg, storage, settings)
     details = ctx.details()
-    assert details["init"] == "base-backbone"
-    assert details["init_from"] == f"default/{parent}/1"
+    assert details["init"] == f"base default/{parent}/1"
     assert "class heads start fresh" in details["init_note"]
     assert ctx.progress_steps() == [1, 2]
     child = outcome.emits[0].message
@@ -239,7 +238,8 @@ def test_base_model_with_other_classes_keeps_backbone_and_says_so(ssd_run):
     model = common_pb2.ModelRef(namespace="default", name="child", version=1)
     assert ctx.reports and all(r["model"] == model for r in ctx.reports)
     manifest = read_manifest(storage, child.model_prefix)
-    assert manifest["init"]["init"] == "base-backbone"
+    assert manifest["init"]["init"] == f"base default/{parent}/1"
+    assert "class heads start fresh" in manifest["init"]["init_note"]
     assert manifest["base_model"] == f"default/{parent}"
     assert manifest["metrics"] == {} and dict(child.metrics) == {}  # eval=false honoured
 
@@ -259,7 +259,8 @@ def test_shutdown_leaves_a_checkpoint_then_cancel_removes_the_version(ssd_run):
     first = FakeContext(storage, stop_after_steps=2)
     with pytest.raises(Interrupted, match="stopped at step 2 of 50"):
         asyncio.run(handle_dataset_exported(msg, first, settings=settings))
-    assert first.details()["init"] == "base"
+    assert first.details()["init"] == f"base default/{ssd_run['name']}/1"
+    assert "init_note" not in first.details()  # same classes: restored whole
     assert first.progress_steps() == [1, 2]
     kept = storage.list(models_root("default", "sibling"))
     assert "default/models/sibling/1/checkpoints/ckpt-2/ckpt-2.index" in kept
@@ -269,7 +270,8 @@ def test_shutdown_leaves_a_checkpoint_then_cancel_removes_the_version(ssd_run):
     with pytest.raises(Cancelled, match="cancelled at step 2 of 50"):
         asyncio.run(handle_dataset_exported(msg, second, settings=settings))
     details = second.details()
-    assert details["resumed_from_step"] == "2" and details["init"] == "base"
+    assert details["resumed_from_step"] == "2"
+    assert details["init"] == f"base default/{ssd_run['name']}/1"
     assert second.progress_steps() == []
     assert storage.list(models_root("default", "sibling")) == []  # nothing half-written
 

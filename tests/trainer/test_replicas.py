@@ -21,7 +21,10 @@ from preannotate.errors import FailedPrecondition
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.tf]
 
-ARGS = "epochs=4;batch_size=4;num_clones=2;input_size=128;checkpoint_every=2;warmup_steps=1"
+ARGS = (
+    "epochs=4;batch_size=4;num_clones=2;input_size=128;checkpoint_every=2;warmup_steps=1;"
+    "pretrained=false"
+)
 
 
 def _child(root: str) -> None:

@@ -23,12 +23,16 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PREANNOTATE_MACHINE_TYPES", "cpu=0,gpu-2=2")
     monkeypatch.setenv("PREANNOTATE_MACHINE_TYPE", "gpu-2")
     monkeypatch.setenv("PREANNOTATE_TRAINER_CHECKPOINT_EVERY", "250")
+    monkeypatch.setenv("PREANNOTATE_WEIGHTS_MIRROR", "http://mirror.internal/weights/")
     monkeypatch.setenv(
-        "PREANNOTATE_TRAINER_COCO_CHECKPOINTS", '{"frcnn-res50-coco": "storage:coco/r50/ckpt-1"}'
+        "PREANNOTATE_WEIGHTS_URLS", '{"frcnn-res50-coco": "http://mirror.internal/r50.tar.gz"}'
     )
     settings = load(TrainerSettings)
     assert settings.machine_gpus == 2 and settings.trainer_checkpoint_every == 250
-    assert settings.trainer_coco_checkpoints == {"frcnn-res50-coco": "storage:coco/r50/ckpt-1"}
+    # The starting weights: the weights store's settings, shared with `preannotate weights`.
+    assert settings.weights_mirror == "http://mirror.internal/weights"
+    assert settings.weights_urls == {"frcnn-res50-coco": "http://mirror.internal/r50.tar.gz"}
+    assert not hasattr(settings, "trainer_coco_checkpoints")
 
 
 @pytest.mark.parametrize(
@@ -37,8 +41,8 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
         ({"PREANNOTATE_MACHINE_TYPE": "gpu-9"}, ["PREANNOTATE_MACHINE_TYPE", "gpu-9"]),
         ({"PREANNOTATE_TRAINER_CHECKPOINT_EVERY": "0"}, ["TRAINER_CHECKPOINT_EVERY"]),
         (
-            {"PREANNOTATE_TRAINER_COCO_CHECKPOINTS": '{"yolo": "/x"}'},
-            ["'yolo' is not in the catalog"],
+            {"PREANNOTATE_WEIGHTS_URLS": '{"yolo": "http://mirror/yolo.h5"}'},
+            ["WEIGHTS_URLS", "unknown model type 'yolo'"],
         ),
     ],
 )

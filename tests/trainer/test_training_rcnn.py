@@ -18,7 +18,10 @@ from tests.trainer.datasets import write_dataset
 #: Trains or builds real TensorFlow models: left out of `make test-fast`.
 pytestmark = pytest.mark.tf
 
-LIGHT = "input_size=128;first_stage_max_proposals=64;second_stage_batch_size=32;warmup_steps=0"
+LIGHT = (
+    "input_size=128;first_stage_max_proposals=64;second_stage_batch_size=32;warmup_steps=0;"
+    "pretrained=false"
+)
 
 
 def test_faster_rcnn_trains_and_checkpoints(storage, make_settings):

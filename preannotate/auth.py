@@ -6,6 +6,7 @@ A tokens file (YAML; JSON is YAML too) lists the callers::
       - name: alice                 # shown in logs and job records
         token: "a-long-random-string"
         namespaces: [team-a, team-b]
+        admin: [team-a]             # roles: admin of team-a (may cancel others' jobs)
       - name: ci
         sha256: "<hex SHA-256 of the token>"   # keeps the token itself out of the file
         namespaces: ["*"]                      # every namespace
@@ -18,8 +19,11 @@ one line per bad entry (its position and name).
 call (health and reflection stay open for probes and tools): no or a malformed
 header is UNAUTHENTICATED, an unknown token too. Servicers ask ``caller()``
 for the ``Access`` of the current call and use ``Access.check(namespace)``
-(PERMISSION_DENIED) or ``Access.visible(...)``. Without a tokens file there
-is no interceptor and ``caller()`` answers ``Access.open()``.
+(PERMISSION_DENIED) or ``Access.visible(...)``; ``Access.check_admin``
+asks for the admin role of a namespace (``admin:`` in the file, a subset of
+the token's namespaces; ``["*"]``: every namespace it may use). Without a
+tokens file there is no interceptor and ``caller()`` answers
+``Access.open()``, which may do everything.
 ``server_interceptors(tokens_file)`` gives a service's whole list (errors
 mapped first, then tokens), for ``ServiceSpec.grpc_interceptors``.
 """
@@ -66,13 +70,28 @@ class Access:
 
     caller: str
     namespaces: frozenset[str] | None
+    #: Namespaces where the caller holds the admin role; None: every one it may use.
+    admin: frozenset[str] | None = frozenset()
 
     @classmethod
     def open(cls) -> Access:
-        return cls(caller="anonymous", namespaces=None)
+        return cls(caller="anonymous", namespaces=None, admin=None)
 
     def allows(self, namespace: str) -> bool:
         return self.namespaces is None or namespace in self.namespaces
+
+    def is_admin(self, namespace: str) -> bool:
+        return self.allows(namespace) and (self.admin is None or namespace in self.admin)
+
+    def check_admin(self, namespace: str, action: str) -> str:
+        """Return ``namespace`` if the caller is its admin, else raise PermissionDenied."""
+        if not self.is_admin(namespace):
+            raise PermissionDenied(
+                f"{action} needs the admin role of namespace {namespace!r}, which the token "
+                f"of {self.caller!r} does not hold (add {namespace!r} to its 'admin' list "
+                "in the tokens file)"
+            )
+        return namespace
 
     def check(self, namespace: str) -> str:
         """Return ``namespace`` if the caller may use it, else raise PermissionDenied."""
@@ -99,6 +118,7 @@ class TokenEntry:
     name: str
     digest: bytes
     namespaces: frozenset[str] | None
+    admin: frozenset[str] | None = frozenset()
 
 
 def _text(value: object) -> str:
@@ -119,6 +139,7 @@ class TokenSpec(BaseModel):
     token: str | None = None
     sha256: Annotated[str | None, BeforeValidator(_optional_text)] = None
     namespaces: list[str] = Field(default_factory=list, validate_default=True)
+    admin: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -152,6 +173,25 @@ class TokenSpec(BaseModel):
                     raise ValueError(f"{ns!r} is not a valid namespace")
         return value
 
+    @field_validator("admin")
+    @classmethod
+    def _admin_names(cls, value: list[str]) -> list[str]:
+        for ns in value:
+            if ns != ALL and not NAME_PATTERN.fullmatch(ns):
+                raise ValueError(f"{ns!r} is not a valid namespace")
+        return value
+
+    @model_validator(mode="after")
+    def _admin_within(self) -> TokenSpec:
+        if ALL in self.admin or ALL in self.namespaces:
+            return self
+        outside = sorted(set(self.admin) - set(self.namespaces))
+        if outside:
+            raise ValueError(
+                f"'admin' names {outside}, outside the token's 'namespaces' {self.namespaces}"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _one_secret(cls, data: object) -> object:
@@ -165,7 +205,8 @@ class TokenSpec(BaseModel):
         else:
             digest = _from_hex(self.sha256 or "")
         spaces = None if ALL in self.namespaces else frozenset(self.namespaces)
-        return TokenEntry(self.name, digest, spaces)
+        admin = None if ALL in self.admin else frozenset(self.admin)
+        return TokenEntry(self.name, digest, spaces, admin)
 
 
 class TokensFile(BaseModel):
@@ -181,8 +222,8 @@ def _from_hex(text: str) -> bytes:
         return b""
 
 
-SHAPE = "expected a mapping with a 'tokens' list of {name, token or sha256, namespaces}"
-KEYS = "name, token, sha256, namespaces"
+SHAPE = "expected a mapping with a 'tokens' list of {name, token or sha256, namespaces, admin}"
+KEYS = "name, token, sha256, namespaces, admin"
 
 
 def _problems(exc: ValidationError, data: object) -> list[str]:
@@ -299,7 +340,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         entry = self.table.lookup(token)
         if entry is None:
             raise Unauthenticated("the token is not known to this server")
-        return Access(caller=entry.name, namespaces=entry.namespaces)
+        return Access(caller=entry.name, namespaces=entry.namespaces, admin=entry.admin)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

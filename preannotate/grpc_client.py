@@ -14,11 +14,16 @@ so that ``from_env`` reads ``PREANNOTATE_GATEWAY_ADDRESS`` (default
 ``default_address``), ``PREANNOTATE_TOKEN`` (sent as ``authorization:
 Bearer``), ``PREANNOTATE_GATEWAY_TLS=1`` or ``PREANNOTATE_GATEWAY_CA_FILE`` (a
 PEM bundle, which turns TLS on).
+
+A token sent without TLS to an address other than this machine's loopback
+could be read on the way: ``channel()`` says so on stderr (and connects).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +64,21 @@ class Connection:
             ca_file=Path(ca) if ca else None,
         )
 
+    def plaintext_warning(self) -> str:
+        """The warning for a token sent without TLS to a non-local address ("" if none)."""
+        if not self.token or self.tls or is_local(self.address):
+            return ""
+        prefix = self.env_prefix or "the client's"
+        return (
+            f"warning: sending PREANNOTATE_TOKEN without TLS to {self.address}: anyone on "
+            f"the way can read it; set {prefix}_TLS=1 or {prefix}_CA_FILE to use TLS"
+        )
+
     def channel(self) -> grpc.aio.Channel:
         options = list(self.channel_options)
+        warning = self.plaintext_warning()
+        if warning:
+            print(warning, file=sys.stderr)
         if not self.tls:
             return grpc.aio.insecure_channel(self.address, options=options)
         roots = self.ca_file.read_bytes() if self.ca_file else None
@@ -69,3 +87,22 @@ class Connection:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+def is_local(address: str) -> bool:
+    """Whether a gRPC target is this machine: a loopback host or a unix socket."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    target = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    if target.startswith("["):
+        host = target[1:].partition("]")[0]
+    elif target.count(":") > 1:
+        host = target  # a bare IPv6 address
+    else:
+        host = target.rpartition(":")[0] if ":" in target else target
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -7,6 +7,12 @@ and job status, creates the topics, runs the services' startup hooks, serves
 the ops app (``preannotate.ops``), each service's gRPC and HTTP servers, and
 one ``preannotate.worker.RouteWorker`` per route.
 
+Access: in the distributed mode (``bus="kafka"``) a service whose gRPC server
+would take calls without a token (no ``PREANNOTATE_TOKENS_FILE``) refuses to
+start (``SettingsError``) unless ``PREANNOTATE_AUTH=none`` says so; an open
+server is logged as a warning once at start and reported as ``"auth": "none"``
+by /readyz (the embedded mode, on 127.0.0.1, is open the same way).
+
 SIGTERM: readiness and gRPC health go NOT_SERVING, the workers stop taking
 records and let the current one finish (interruptible routes are asked to stop
 and leave it uncommitted), then the servers stop, the shutdown hooks run and
@@ -24,10 +30,11 @@ from typing import Any
 from aiohttp import web
 
 from preannotate import topics
+from preannotate.auth import TokenAuthInterceptor
 from preannotate.bus import Bus, TopicSpec, dlq_topic, make_bus
 from preannotate.ops import ops_app
 from preannotate.service import Resources, ServiceSpec
-from preannotate.settings import ServiceSettings
+from preannotate.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from preannotate.status import StatusView, StatusWriter
 from preannotate.storage import Storage, open_storage
 from preannotate.telemetry.logging import configure, get_logger
@@ -48,6 +55,7 @@ class Runtime:
         if not services:
             raise ValueError("no services to run")
         self.services = list(services)
+        self.open_grpc = check_access(self.services)
         first = self.services[0][1]
         self.settings = first
         self.bus = bus or make_bus(first)
@@ -99,6 +107,8 @@ class Runtime:
             if spec.startup is not None:
                 await spec.startup(resources)
         await self._start_ops()
+        if self.open_grpc:
+            self._warn_open()
         for spec, settings in self.services:
             await self._start_grpc(spec, settings)
             await self._start_http(spec, settings)
@@ -147,8 +157,20 @@ class Runtime:
             await self.bus.stop()
         self.log.info("stopped")
 
+    def _warn_open(self) -> None:
+        distributed = self.settings.bus == "kafka"
+        self.log.warning(
+            ("PREANNOTATE_AUTH=none: " if distributed else "")
+            + "gRPC calls are open to anyone who can reach the port: no tokens file "
+            "(set PREANNOTATE_TOKENS_FILE to require bearer tokens)",
+            services=self.open_grpc,
+            bind_host=self.settings.bind_host,
+            mode="distributed" if distributed else "embedded",
+        )
+
     async def _start_ops(self) -> None:
-        app = ops_app(lambda: self.ready)
+        auth = "none" if self.open_grpc else "tokens"
+        app = ops_app(lambda: self.ready, {"auth": auth})
         self.metrics_port = await self._serve_app(app, self.settings.metrics_port)
 
     async def _serve_app(self, app: web.Application, port: int) -> int:
@@ -203,6 +225,28 @@ class Runtime:
         self.grpc_servers[spec.name] = server
         self.grpc_ports[spec.name] = port
         self.health[spec.name] = health
+
+
+def check_access(services: Sequence[tuple[ServiceSpec, ServiceSettings]]) -> list[str]:
+    """The services whose gRPC server takes calls without a token.
+
+    Raises ``SettingsError`` for such a service in the distributed mode
+    (``bus="kafka"``) unless its settings say ``auth="none"``.
+    """
+    open_grpc = []
+    for spec, settings in services:
+        if not spec.grpc or any(
+            isinstance(i, TokenAuthInterceptor) for i in spec.grpc_interceptors
+        ):
+            continue
+        if settings.bus == "kafka" and settings.auth == "tokens":
+            raise SettingsError(
+                f"{spec.name}: refusing to serve gRPC without tokens in the distributed mode: "
+                f"set {ENV_PREFIX}TOKENS_FILE to a tokens file (see docs/security.md), or "
+                f"{ENV_PREFIX}AUTH=none to run open on purpose"
+            )
+        open_grpc.append(spec.name)
+    return open_grpc
 
 
 async def serve(

@@ -77,6 +77,12 @@ class ServiceSettings(BaseSettings):
 
     namespace: str = "default"
 
+    # Access to gRPC in the distributed mode (PREANNOTATE_BUS=kafka): "tokens"
+    # refuses to start a gRPC service without PREANNOTATE_TOKENS_FILE; "none"
+    # lets it start open, with a warning at start and "auth": "none" in /readyz.
+    # The embedded mode (preannotate up) binds 127.0.0.1 and is open.
+    auth: Literal["tokens", "none"] = "tokens"
+
     # Pretrained weights (preannotate.weights; docs/weights.md): fetched once per
     # deployment into storage under weights/<model-type>/. A mirror is a base URL
     # (the published file's name is appended); per-model-type URLs win over it.

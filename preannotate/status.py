@@ -4,6 +4,11 @@ view that reads them back.
 Each record is the whole latest state of one job (key = job id), so after
 compaction the topic still tells every job's state, and a restarted gateway
 rebuilds its view by reading the topic from the beginning.
+
+A job id belongs to the namespace of its first snapshot: the view ignores a
+later one naming another namespace (``merge``), and ``StatusView.claim``
+refuses a caller-chosen job id that another namespace (or another kind of
+job) already holds.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from google.protobuf.message import Message
 
 from preannotate import events, topics
 from preannotate.bus.base import Bus
-from preannotate.errors import BadEvent
+from preannotate.errors import AlreadyExists, BadEvent
 from preannotate.telemetry import metrics
 from preannotate.telemetry.logging import get_logger
 from preannotate.v1 import events_pb2
@@ -98,11 +103,14 @@ def merge(old: JobStatus | None, new: JobStatus) -> JobStatus | None:
     """The view's state after ``new``; None when ``new`` must be ignored.
 
     A job that ended stays ended unless a later stage starts (a redelivered
-    record cannot take it back); facts of earlier snapshots (task, training
-    spec, creation time, details) carry over when the new one lacks them.
+    record cannot take it back); a job never moves to another namespace;
+    facts of earlier snapshots (task, training spec, creation time, details)
+    carry over when the new one lacks them.
     """
     if old is None:
         return new
+    if moves_namespace(old, new):
+        return None
     if old.state in TERMINAL and new.state not in TERMINAL and new.stage <= old.stage:
         return None
     merged = JobStatus()
@@ -122,6 +130,25 @@ def merge(old: JobStatus | None, new: JobStatus) -> JobStatus | None:
         merged.state = events_pb2.JOB_STATE_CANCELLING  # progress goes on until it stops
         merged.message = old.message
     return merged
+
+
+def check_claim(known: JobStatus | None, job_id: str, namespace: str, kind: int) -> None:
+    """Refuse (AlreadyExists) a ``job_id`` that ``known`` (its status, if any) shows
+    held by another namespace or by another kind of job; the same namespace and
+    kind may name it again (a retry of the same job). The answer does not say
+    which namespace holds it."""
+    if known is None:
+        return
+    if known.namespace != namespace or (known.kind and kind and known.kind != kind):
+        raise AlreadyExists(
+            f"job id {job_id!r} is taken by another job; choose another job_id, "
+            "or leave it empty for a new one"
+        )
+
+
+def moves_namespace(old: JobStatus, new: JobStatus) -> bool:
+    """Whether ``new`` would put the job of ``old`` in another namespace."""
+    return bool(old.namespace and new.namespace and old.namespace != new.namespace)
 
 
 class StatusView:
@@ -171,6 +198,14 @@ class StatusView:
         old = self.jobs.get(status.job_id)
         merged = merge(old, status)
         if merged is None:
+            if old is not None and moves_namespace(old, status):
+                self.log.warning(
+                    "job.status record ignored: it would move the job to another namespace",
+                    job_id=status.job_id,
+                    namespace=old.namespace,
+                    record_namespace=status.namespace,
+                    source=status.source,
+                )
             return
         self.jobs[status.job_id] = merged
         if self.export_metrics:
@@ -182,6 +217,10 @@ class StatusView:
 
     def get(self, job_id: str) -> JobStatus | None:
         return self.jobs.get(job_id)
+
+    def claim(self, job_id: str, namespace: str, kind: int) -> None:
+        """``check_claim`` against this view."""
+        check_claim(self.jobs.get(job_id), job_id, namespace, kind)
 
     def list(
         self, namespaces: Iterable[str] | None = None, states: Iterable[int] = ()

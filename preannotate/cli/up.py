@@ -2,7 +2,8 @@
 
 All five services share one in-process bus (Kafka's semantics, no broker),
 one local storage folder and in-process TensorFlow for inference; the gRPC
-and HTTP endpoints are those of the distributed mode, on localhost.
+and HTTP endpoints are those of the distributed mode, on 127.0.0.1 only and
+open (``auth="none"``: no tokens; the runner says so once in the log).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 from pathlib import Path
 
 from preannotate.cli.service_table import SERVICES
+from preannotate.cvat.refs import embedded_file_urls
 from preannotate.service import ServiceSpec
 from preannotate.settings import ServiceSettings, load
 
@@ -21,7 +23,14 @@ def embedded_settings(storage_root: Path, **common) -> list[tuple[ServiceSpec, S
     out = []
     for entry in SERVICES.values():
         parts = entry.load()
-        base = {"bus": "memory", "storage": "local", "storage_root": storage_root}
+        base = {
+            "bus": "memory",
+            "storage": "local",
+            "storage_root": storage_root,
+            "bind_host": "127.0.0.1",
+            "auth": "none",
+            **embedded_file_urls(storage_root.parent),  # file:// on, under that folder
+        }
         settings = load(parts.settings, **{**base, **common, **entry.embedded})
         out.append((parts.build(settings), settings))
     return out

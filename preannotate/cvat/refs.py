@@ -4,11 +4,15 @@ The token only ever goes to the configured CVAT (same scheme, host and port):
 ``check_origin`` refuses a link CVAT gave that leads elsewhere (a pagination
 link, a result_url), ``check_same_server`` a request that names another CVAT.
 A ``file://`` URL names a local path instead (``file_ref_path``), which must
-stay under a configured root.
+stay under a configured root. Local paths are off by default in every
+service; a deployment that turns them on must name the root too
+(``check_file_root``, called by the settings classes); the embedded mode turns
+them on under the folder that holds its storage (``embedded_file_urls``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -51,8 +55,9 @@ def is_file_ref(url: str) -> bool:
 
 def file_ref_path(url: str, root: Path | None, root_variable: str) -> Path:
     """The resolved local path a ``file://`` URL names, refused unless it is an
-    absolute local path and (when ``root`` is set) lies at or under ``root``;
-    ``root_variable`` names the setting in the refusal."""
+    absolute local path that lies at or under ``root`` (no root: every path is
+    refused); ``root_variable`` names the setting in the refusal. The answer
+    never depends on whether the path exists."""
     parts = urlsplit(url)
     if parts.scheme != "file":
         raise InvalidArgument(f"{url!r} is not a file:// URL")
@@ -62,9 +67,35 @@ def file_ref_path(url: str, root: Path | None, root_variable: str) -> Path:
     if not path.is_absolute():
         raise InvalidArgument(f"{url!r}: a file:// URL must hold an absolute path")
     resolved = path.resolve()
-    if root is not None and not is_under(resolved, root):
+    if root is None:
+        raise InvalidArgument(f"{url!r}: no folder is allowed for file:// URLs ({root_variable})")
+    if not is_under(resolved, root):
+        # Same answer whether the path exists or not: no oracle of the host's files.
         raise InvalidArgument(f"{url!r} is outside {root} ({root_variable}): move it there")
     return resolved
+
+
+def check_file_root(
+    allowed: bool, root: Path | None, allow_variable: str, root_variable: str
+) -> None:
+    """For a settings validator: ``ValueError`` when local paths are on without a root."""
+    if allowed and root is None:
+        raise ValueError(
+            f"{allow_variable} is on but {root_variable} is not set: name the folder that "
+            "file:// URLs may point into (or turn the option off)"
+        )
+
+
+def embedded_file_urls(root: Path) -> dict[str, object]:
+    """Settings of the embedded mode (``preannotate up``, the quickstart): file://
+    URLs on, under ``root``; a ``PREANNOTATE_*`` variable that sets one wins."""
+    values: dict[str, object] = {
+        "export_allow_file_import": True,
+        "export_file_import_root": root,
+        "inference_allow_file_targets": True,
+        "inference_file_target_root": root,
+    }
+    return {k: v for k, v in values.items() if f"PREANNOTATE_{k.upper()}" not in os.environ}
 
 
 def is_under(path: Path, root: Path) -> bool:

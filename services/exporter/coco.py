@@ -11,6 +11,12 @@ bbox [x, y, w, h], area, iscrowd, segmentation}]. This module checks the
 structure (a broken file is ``InvalidArgument`` naming the field) and returns
 plain records; what counts as a usable box is ``convert``'s business.
 
+The file is untrusted: numbers must be finite (JSON's NaN and Infinity, which
+Python's parser accepts, are refused with the field named), and an image may
+declare at most ``max_pixels`` (width x height) before anything is allocated
+at that size (``PREANNOTATE_EXPORT_MAX_IMAGE_PIXELS``; convert then checks the
+declared size against the file's header before it draws a mask).
+
 Crowds: CVAT (through datumaro's "guess" segmentation mode) writes every mask
 shape as an RLE with ``iscrowd: 1``; that flag says how the mask is encoded,
 not that the user drew a crowd region, and official.vision's parsers drop
@@ -23,6 +29,7 @@ file without ``attributes`` keeps its ``iscrowd`` as it is.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,9 @@ from typing import Any
 from preannotate.errors import InvalidArgument
 
 ANNOTATIONS_GLOB = "instances_*.json"
+#: Most pixels an image may declare when the caller gives no limit.
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_SETTING = "PREANNOTATE_EXPORT_MAX_IMAGE_PIXELS"
 
 
 @dataclass(frozen=True)
@@ -72,8 +82,29 @@ def _fail(where: str, what: str) -> InvalidArgument:
     return InvalidArgument(f"COCO export {where}: {what}")
 
 
+def _is_finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _finite(value: Any, where: str) -> float:
+    """``value`` as a float; anything but a finite number is refused, naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(where, f"must be a number, got {value!r}")
+    if not _is_finite(value):
+        raise _fail(where, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _int(value: Any, where: str, *, positive: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not _is_finite(value)
+        or int(value) != value
+    ):
         raise _fail(where, f"must be a whole number, got {value!r}")
     if positive and value <= 0:
         raise _fail(where, f"must be above 0, got {value!r}")
@@ -96,7 +127,7 @@ def _bbox(value: Any, where: str) -> tuple[float, float, float, float] | None:
         or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     ):
         raise _fail(where, f"bbox must be [x, y, width, height], got {value!r}")
-    x, y, w, h = (float(v) for v in value)
+    x, y, w, h = (_finite(v, f"{where}[{i}]") for i, v in enumerate(value))
     return (x, y, w, h)
 
 
@@ -125,7 +156,22 @@ def _resolve_image(root: Path, subset: str, file_name: str, where: str) -> Path 
     return None
 
 
-def _read_subset(root: Path, path: Path) -> tuple[list[Category], list[ImageRecord]]:
+def _size(img: dict[str, Any], at: str, max_pixels: int) -> tuple[int, int]:
+    """The declared (width, height), refused above ``max_pixels`` (nothing allocated yet)."""
+    width = _int(img.get("width"), f"{at}.width", positive=True)
+    height = _int(img.get("height"), f"{at}.height", positive=True)
+    if width * height > max_pixels:
+        raise _fail(
+            f"{at}.width x {at}.height",
+            f"{width} x {height} = {width * height} pixels, over the limit of {max_pixels} "
+            f"({MAX_PIXELS_SETTING}): leave the image out or raise the limit",
+        )
+    return width, height
+
+
+def _read_subset(
+    root: Path, path: Path, max_pixels: int
+) -> tuple[list[Category], list[ImageRecord]]:
     subset = path.stem.removeprefix("instances_")
     where = f"annotations/{path.name}"
     try:
@@ -150,14 +196,12 @@ def _read_subset(root: Path, path: Path) -> tuple[list[Category], list[ImageReco
         at = f"{where} annotations[{i}]"
         if not isinstance(ann, dict):
             raise _fail(at, "must be an object")
-        area = ann.get("area", 0) or 0
-        if not isinstance(area, int | float) or isinstance(area, bool):
-            raise _fail(f"{at}.area", f"must be a number, got {area!r}")
+        area = _finite(ann.get("area", 0) or 0, f"{at}.area")
         instance = Instance(
             ann_id=_int(ann.get("id", i), f"{at}.id"),
             category_id=_int(ann.get("category_id"), f"{at}.category_id"),
             bbox=_bbox(ann.get("bbox"), f"{at}.bbox"),
-            area=float(area),
+            area=area,
             is_crowd=_is_crowd(ann),
             segmentation=ann.get("segmentation"),
         )
@@ -174,12 +218,13 @@ def _read_subset(root: Path, path: Path) -> tuple[list[Category], list[ImageReco
             raise _fail(at, f"image id {image_id} appears twice")
         seen_ids.add(image_id)
         file_name = img.get("file_name")
+        width, height = _size(img, at, max_pixels)
         images.append(
             ImageRecord(
                 subset=subset,
                 file_name=file_name,
-                width=_int(img.get("width"), f"{at}.width", positive=True),
-                height=_int(img.get("height"), f"{at}.height", positive=True),
+                width=width,
+                height=height,
                 path=_resolve_image(root, subset, file_name, f"{at}.file_name"),
                 instances=tuple(instances.pop(image_id, ())),
             )
@@ -190,8 +235,9 @@ def _read_subset(root: Path, path: Path) -> tuple[list[Category], list[ImageReco
     return categories, images
 
 
-def read_export(root: Path) -> CocoExport:
-    """Read every ``annotations/instances_*.json`` under ``root`` (an unpacked export)."""
+def read_export(root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> CocoExport:
+    """Read every ``annotations/instances_*.json`` under ``root`` (an unpacked export);
+    an image declaring more than ``max_pixels`` is refused."""
     root = Path(root)
     files = sorted((root / "annotations").glob(ANNOTATIONS_GLOB))
     if not files:
@@ -202,7 +248,7 @@ def read_export(root: Path) -> CocoExport:
     by_id: dict[int, Category] = {}
     images: dict[str, ImageRecord] = {}
     for path in files:
-        categories, subset_images = _read_subset(root, path)
+        categories, subset_images = _read_subset(root, path, max_pixels)
         for cat in categories:
             known = by_id.setdefault(cat.coco_id, cat)
             if known.name != cat.name:

@@ -21,7 +21,8 @@ Decisions, written down:
   segmentation that cannot be drawn keeps its box (the box becomes its mask);
   an image missing from the export, unreadable, or of another size than the
   export says is skipped. Each case is counted in the result (and so in the
-  manifest and the job status), never silently.
+  manifest and the job status), never silently. The file's header is checked
+  against the declared size before any mask is drawn at that size.
 - Images without shapes are negatives; kept unless ``keep_negatives`` is off.
 - The split is ``split.assign_splits``: by file name, stable across exports.
 """
@@ -167,16 +168,21 @@ def _bbox_of_mask(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     )
 
 
+def _check_categories(image: ImageRecord, class_ids: dict[int, int]) -> None:
+    for inst in image.instances:
+        if inst.category_id not in class_ids:
+            raise InvalidArgument(
+                f"COCO export: {image.file_name} annotation {inst.ann_id} has category_id "
+                f"{inst.category_id}, which 'categories' lacks (known: {sorted(class_ids)})"
+            )
+
+
 def _boxes(image: ImageRecord, class_ids: dict[int, int], notes: _Notes) -> tuple[_Box, ...]:
+    """The usable boxes of ``image`` (whose file matches its declared size)."""
     boxes = []
     for inst in image.instances:
         where = f"{image.file_name} annotation {inst.ann_id}"
-        label = class_ids.get(inst.category_id)
-        if label is None:
-            raise InvalidArgument(
-                f"COCO export: {where} has category_id {inst.category_id}, which 'categories' "
-                f"lacks (known: {sorted(class_ids)})"
-            )
+        label = class_ids[inst.category_id]
         bbox, mask = inst.bbox, None
         if bbox is None:
             try:
@@ -309,17 +315,19 @@ def convert_export(
     prepared: list[_Prepared] = []
     negatives_dropped = 0
     for image in export.images:
-        boxes = _boxes(image, class_ids, notes)
+        _check_categories(image, class_ids)
         if image.path is None:
             notes.add("image skipped: the file is missing from the export", image.file_name)
             continue
-        if not boxes and not options.keep_negatives:
-            negatives_dropped += 1
-            continue
         try:
+            # the header, before any mask is drawn at the declared size
             turn = _inspect(image)
         except _Skip as skip:
             notes.add(str(skip), image.file_name)
+            continue
+        boxes = _boxes(image, class_ids, notes)
+        if not boxes and not options.keep_negatives:
+            negatives_dropped += 1
             continue
         prepared.append(_Prepared(image, boxes, turn))
     if negatives_dropped:

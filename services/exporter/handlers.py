@@ -105,7 +105,7 @@ def _convert(
     limits = UnpackLimits(settings.export_max_bytes, settings.export_max_files)
     unpacked = work / "unpacked"
     safe_unpack(archive, unpacked, limits)
-    export = read_export(unpacked)
+    export = read_export(unpacked, settings.export_max_image_pixels)
     result = convert_export(
         export, work / "dataset", _options(settings), source=what, progress=progress
     )

@@ -8,8 +8,9 @@
   travels to a server nobody configured;
 - ``file:///path/export.zip``: a zip in CVAT's COCO 1.0 layout on this
   machine (the quickstart's path, data that comes from no CVAT server);
-  allowed while ``PREANNOTATE_EXPORT_ALLOW_FILE_IMPORT`` is on, and only under
-  ``PREANNOTATE_EXPORT_FILE_IMPORT_ROOT`` when that is set.
+  off by default, allowed while ``PREANNOTATE_EXPORT_ALLOW_FILE_IMPORT`` is on
+  (the embedded mode), and only under ``PREANNOTATE_EXPORT_FILE_IMPORT_ROOT``
+  (required then). A refusal says the same whether the file exists or not.
 
 Either way the handler gets a zip path and treats it the same: safe unpack,
 then conversion.
@@ -53,7 +54,8 @@ def local_archive(url: str, settings: ExporterSettings) -> Path:
     """The zip a ``file://`` URL names, once it passes the settings' rules."""
     if not settings.export_allow_file_import:
         raise InvalidArgument(
-            f"{url!r}: importing local files is off (PREANNOTATE_EXPORT_ALLOW_FILE_IMPORT)"
+            f"{url!r}: importing local files is off in this deployment "
+            "(PREANNOTATE_EXPORT_ALLOW_FILE_IMPORT); name a CVAT task instead"
         )
     resolved = file_ref_path(
         url, settings.export_file_import_root, "PREANNOTATE_EXPORT_FILE_IMPORT_ROOT"

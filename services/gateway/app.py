@@ -16,7 +16,7 @@ from services.gateway.jobs import JobFactory
 from services.gateway.policy import Policy, ProjectPolicy, load_policy
 from services.gateway.settings import GatewaySettings
 from services.gateway.training import Catalog
-from services.gateway.webhooks import WebhookDesk
+from services.gateway.webhooks import WebhookDesk, task_checker
 
 #: Lazy: resolved at each call, so it follows ``telemetry.logging.configure``.
 log = structlog.get_logger(component="gateway")
@@ -43,13 +43,10 @@ def load_checked_policy(settings: GatewaySettings, catalog: Catalog) -> Policy:
 
 
 class GatewayApp:
-    def __init__(
-        self, settings: GatewaySettings, catalog: Catalog, policy: Policy, *, open_access: bool
-    ) -> None:
+    def __init__(self, settings: GatewaySettings, catalog: Catalog, policy: Policy) -> None:
         self.settings = settings
         self.catalog = catalog
         self.policy = policy
-        self.open_access = open_access
         self._jobs: JobFactory | None = None
         self._webhooks: WebhookDesk | None = None
 
@@ -85,12 +82,8 @@ class GatewayApp:
             secret=s.webhook_secret.get_secret_value().encode("utf-8"),
             policy=self.policy,
             jobs=self._jobs,
+            task_project=task_checker(s, self.policy),
         )
-        if self.open_access:
-            log.warning(
-                "gRPC calls are open to anyone who can reach the port: no tokens file "
-                "(set PREANNOTATE_TOKENS_FILE to require bearer tokens)"
-            )
         if not s.webhook_secret.get_secret_value():
             log.warning(
                 "CVAT webhooks are refused: no secret (set PREANNOTATE_WEBHOOK_SECRET to the "

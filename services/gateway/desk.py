@@ -9,6 +9,7 @@ status written next: if publishing fails nothing is known of the job, the
 caller hears UNAVAILABLE and may ask again; if only the status write fails the
 job goes on (its next stage reports on it). A job published twice (a retry
 after such a failure) is acted on once: every stage keeps a ledger per job id.
+A job id held by another namespace (or kind of job) is refused, never reused.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from google.protobuf.message import Message
 
 from preannotate import events
 from preannotate.errors import Unavailable
-from preannotate.status import StatusView, StatusWriter
+from preannotate.status import StatusView, StatusWriter, check_claim
 from preannotate.telemetry.logging import get_logger
 from preannotate.v1.events_pb2 import JobStatus
 
@@ -96,6 +97,7 @@ class JobDesk:
         job_id = status.job_id
         known = self.known(job_id)
         if known is not None:
+            check_claim(known, job_id, status.namespace, status.kind)
             return Submission(job_id, known, created=False)
         self.recent.put(job_id, status)  # before any await: a concurrent duplicate sees it
         try:

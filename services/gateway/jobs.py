@@ -3,7 +3,9 @@
 ``JobFactory`` is what both transports call (``webhooks`` and ``servicer``):
 it checks a training request against the catalog (``training``), builds the
 first event and status of the job and hands them to the ``JobDesk``. It
-imports neither grpc nor aiohttp.
+imports neither grpc nor aiohttp. A job's status records who asked for it
+(``details["requested_by"]``) and who cancelled it (``"cancelled_by"``);
+CancelJob by anyone but the requester needs the namespace's admin role.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator
 from preannotate import topics
 from preannotate.auth import Access
 from preannotate.errors import FailedPrecondition, InvalidArgument, NotFound
-from preannotate.status import TERMINAL, state_name
+from preannotate.status import TERMINAL, check_claim, state_name
 from preannotate.storage import Storage
 from preannotate.v1 import common_pb2, events_pb2, training_pb2
 from preannotate.v1.events_pb2 import JobStatus
@@ -74,6 +76,7 @@ class JobFactory:
         job_id = request_job_id(namespace, request.request_id) if request.request_id else ""
         known = self.known(job_id) if job_id else None
         if known is not None:
+            check_claim(known, job_id, namespace, events_pb2.JOB_KIND_TRAINING)
             return Submission(job_id, known, created=False)
         if not request.HasField("cvat") or request.cvat.task_id <= 0:
             raise InvalidArgument("cvat.task_id is required: the CVAT task to train from")
@@ -209,7 +212,12 @@ class JobFactory:
             yield status
 
     async def cancel(self, job_id: str, access: Access) -> JobStatus:
+        """Ask the job to stop: its requester may, anyone else needs the namespace's admin role."""
         current = self.get(job_id, access)
+        requester = current.details.get("requested_by", "")
+        if access.caller != requester:
+            who = requester or "an unrecorded caller"
+            access.check_admin(current.namespace, f"cancelling job {job_id} (asked for by {who})")
         if current.state in TERMINAL:
             raise FailedPrecondition(
                 f"job {job_id} has ended ({state_name(current.state)}); there is nothing to cancel"
@@ -220,6 +228,7 @@ class JobFactory:
         status.CopyFrom(current)
         status.state = events_pb2.JOB_STATE_CANCELLING
         status.message = f"cancel requested by {access.caller}; stopping at the next step"
+        status.details["cancelled_by"] = access.caller
         status.ClearField("updated_at")
         return await self.desk.write(status)
 

@@ -2,8 +2,14 @@
 
 A YAML file (``PREANNOTATE_WEBHOOK_POLICY_FILE``)::
 
+    global_secret: false           # whether PREANNOTATE_WEBHOOK_SECRET signs the
+                                   # deliveries of projects without a secret of their own
+    confirm_tasks: true            # ask CVAT (GET /api/tasks/{id}) that a delivery's
+                                   # task is in the project it claims, before acting
     projects:
       - project_id: 3              # the CVAT project
+        secret_env: PROJECT3_WEBHOOK_SECRET   # the secret of this project's CVAT
+                                   # webhook, from this variable (or ``secret: ...``)
         namespace: team-a          # where jobs and models of this project live
         trigger: task              # "task": train when the task is completed;
                                    # "job": train on each completed (or accepted) job
@@ -17,18 +23,28 @@ A YAML file (``PREANNOTATE_WEBHOOK_POLICY_FILE``)::
         threshold: 0.5             # optional: score threshold of those annotations
 
 Every entry is checked when the file is loaded (names, the model type and the
-arguments against the catalog), so a bad policy stops the gateway at start
-with the entry and the key to change.
+arguments against the catalog, a secret for each project or ``global_secret:
+true``, the variable ``secret_env`` names being set), so a bad policy stops the
+gateway at start with the entry and the key to change.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from preannotate.errors import InvalidArgument
 from preannotate.keys import check_name
@@ -50,6 +66,32 @@ class ProjectPolicy(BaseModel):
     organization: str = ""
     annotate_new_tasks: bool = True
     threshold: float | None = Field(None, ge=0, le=1)
+    #: The secret of this project's CVAT webhook (``secret_env``: read from that variable).
+    secret: SecretStr | None = None
+    secret_env: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_from_env(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("secret_env"):
+            return data
+        if data.get("secret"):
+            raise ValueError("give either secret or secret_env, not both")
+        name = str(data["secret_env"])
+        value = os.environ.get(name, "")
+        if not value:
+            raise ValueError(f"secret_env names {name}, which is not set (or empty)")
+        return {**data, "secret": value}
+
+    @field_validator("secret")
+    @classmethod
+    def _non_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("secret is empty: give the webhook's secret, or leave the key out")
+        return value
+
+    def secret_bytes(self) -> bytes:
+        return b"" if self.secret is None else self.secret.get_secret_value().encode("utf-8")
 
     @field_validator("namespace", "model_name")
     @classmethod
@@ -63,6 +105,11 @@ class ProjectPolicy(BaseModel):
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: Whether PREANNOTATE_WEBHOOK_SECRET signs deliveries of watched projects
+    #: that have no secret of their own (false: each needs ``secret``/``secret_env``).
+    global_secret: bool = False
+    #: Whether the gateway asks CVAT that a delivery's task is in its project first.
+    confirm_tasks: bool = True
     projects: tuple[ProjectPolicy, ...] = ()
 
     @field_validator("projects")
@@ -74,6 +121,18 @@ class Policy(BaseModel):
                 raise ValueError(f"project {p.project_id} is listed twice")
             seen.add(p.project_id)
         return value
+
+    def check_secrets(self, where: str = "policy") -> None:
+        """``InvalidArgument`` unless every project has a secret or ``global_secret`` is on."""
+        if self.global_secret:
+            return
+        bare = [p.project_id for p in self.projects if p.secret is None]
+        if bare:
+            raise InvalidArgument(
+                f"{where}: project {', '.join(map(str, bare))} has no webhook secret; give "
+                "each project its own (secret_env: VARIABLE, or secret: ...), or set "
+                "global_secret: true to let PREANNOTATE_WEBHOOK_SECRET sign them"
+            )
 
     def for_project(self, project_id: int | None) -> ProjectPolicy | None:
         if project_id is None:
@@ -101,8 +160,8 @@ def parse_policy(
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{loc}: {err['msg']}")
+            loc = ".".join(str(p) for p in err["loc"]) or "policy"
+            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
         raise InvalidArgument(f"{where} is not valid:\n  " + "\n  ".join(lines)) from None
     if check_training is not None:
         for i, project in enumerate(policy.projects):
@@ -112,6 +171,7 @@ def parse_policy(
                 raise InvalidArgument(
                     f"{where}: projects[{i}] (project {project.project_id}): {exc}"
                 ) from exc
+    policy.check_secrets(where)
     return policy
 
 

@@ -24,7 +24,7 @@ def build(settings: GatewaySettings) -> ServiceSpec:
     catalog = Catalog(settings.pools(), settings.default_machine_type)
     policy = load_checked_policy(settings, catalog)
     interceptors = server_interceptors(settings.tokens_file)
-    app = GatewayApp(settings, catalog, policy, open_access=settings.tokens_file is None)
+    app = GatewayApp(settings, catalog, policy)
     return ServiceSpec(
         name=NAME,
         startup=app.startup,

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from preannotate.settings import ServiceSettings
+from preannotate.cvat import CvatSettings
 
 
-class GatewaySettings(ServiceSettings):
-    """Settings of the gateway (``PREANNOTATE_`` + field name in upper case)."""
+class GatewaySettings(CvatSettings):
+    """Settings of the gateway (``PREANNOTATE_`` + field name in upper case); the CVAT
+    connection fields (``PREANNOTATE_CVAT_*``, ``preannotate.cvat.CvatSettings``) are
+    what the webhook desk asks CVAT with whether a delivery's task is in its project."""
 
     # CVAT webhooks (HTTP).
     #: The secret given to CVAT when the webhook was created; deliveries must be

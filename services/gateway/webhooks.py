@@ -17,6 +17,15 @@ in the resource; the newest servers send neither, and then the value is
 compared with what the previous delivery of that resource said. The job id is a hash of the delivery's identity (webhook,
 event, resource, the change's time), so CVAT's retry of a delivery finds the
 job the first one made.
+
+Who may start something (docs/security.md): a delivery is verified with the
+secret of the project it names (the policy's ``secret``/``secret_env``; the
+global ``PREANNOTATE_WEBHOOK_SECRET`` only for unwatched projects, deliveries
+naming none, and, when the policy says ``global_secret: true``, watched
+projects without their own), so a project's secret signs for that project only.
+Before acting, the desk asks CVAT (``GET /api/tasks/{id}``, with the service's
+CVAT token, through ``preannotate.cvat``) whether the task is in the project
+the delivery claims; if not, it refuses (403) and starts nothing.
 """
 
 from __future__ import annotations
@@ -25,15 +34,18 @@ import hashlib
 import hmac
 import json
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from preannotate.errors import InvalidArgument, Unauthenticated
+from preannotate.cvat.client import CvatClient
+from preannotate.cvat.settings import CvatConnection, CvatSettings
+from preannotate.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from services.gateway.jobs import JobFactory
-from services.gateway.policy import Policy
+from services.gateway.policy import Policy, ProjectPolicy
 
 SIGNATURE_HEADER = "X-Signature-256"
 SIGNATURE_PREFIX = "sha256="
@@ -42,12 +54,19 @@ SIGNATURE_PREFIX = "sha256="
 log = structlog.get_logger(component="webhooks")
 
 
-def verify_signature(secret: bytes, body: bytes, header: str | None) -> None:
-    """Raise ``Unauthenticated`` unless ``header`` is CVAT's signature of ``body``."""
+#: ``(task id, organization) -> the task's project id (None: in no project)``, as CVAT says.
+TaskProject = Callable[[int, str], Awaitable[int | None]]
+
+NO_SECRET = "webhooks are off: set PREANNOTATE_WEBHOOK_SECRET to the secret of the CVAT webhook"
+
+
+def verify_signature(
+    secret: bytes, body: bytes, header: str | None, missing: str = NO_SECRET
+) -> None:
+    """Raise ``Unauthenticated`` unless ``header`` is CVAT's signature of ``body``
+    (``missing``: the message when there is no secret to check it with)."""
     if not secret:
-        raise Unauthenticated(
-            "webhooks are off: set PREANNOTATE_WEBHOOK_SECRET to the secret of the CVAT webhook"
-        )
+        raise Unauthenticated(missing)
     if not header:
         raise Unauthenticated(f"the delivery has no {SIGNATURE_HEADER} header")
     expected = SIGNATURE_PREFIX + hmac.new(secret, body, hashlib.sha256).hexdigest()
@@ -186,6 +205,47 @@ def delivery_job_id(payload: dict[str, Any], kind: str, resource_id: int, when: 
     return "wh-" + hashlib.sha256(identity.encode("utf-8")).hexdigest()[:24]
 
 
+def claimed_project(payload: dict[str, Any]) -> int | None:
+    """The project a delivery names (its job's, task's or, for ping, webhook's), if any."""
+    for name in ("job", "task", "webhook"):
+        resource = payload.get(name)
+        if isinstance(resource, dict):
+            value = resource.get("project_id")
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
+def cvat_task_project(settings: CvatSettings) -> TaskProject:
+    """``TaskProject`` that asks CVAT ``GET /api/tasks/{id}`` with the service's token."""
+
+    async def ask(task_id: int, organization: str) -> int | None:
+        config = CvatConnection.from_settings(settings, organization)
+        async with CvatClient(config) as client:
+            task = await client.request("GET", f"/api/tasks/{task_id}")
+        if not isinstance(task, dict):
+            raise Unavailable(f"CVAT answered GET /api/tasks/{task_id} with no task")
+        project = task.get("project_id")
+        return project if isinstance(project, int) else None
+
+    return ask
+
+
+def task_checker(settings: CvatSettings, policy: Policy) -> TaskProject | None:
+    """The ``TaskProject`` the policy needs (None when it confirms nothing); a clear
+    error when it must confirm tasks and no CVAT token is configured."""
+    if not (policy.confirm_tasks and policy.projects):
+        return None
+    if not settings.cvat_token.get_secret_value():
+        raise InvalidArgument(
+            "the webhook policy watches projects, and the gateway confirms with CVAT that each "
+            "delivery's task is in its project: set PREANNOTATE_CVAT_URL and "
+            "PREANNOTATE_CVAT_TOKEN (a token that can read the watched projects' tasks), or "
+            "put confirm_tasks: false in the policy file"
+        )
+    return cvat_task_project(settings)
+
+
 def requested_by(payload: dict[str, Any]) -> str:
     sender = payload.get("sender")
     if isinstance(sender, dict) and sender.get("username"):
@@ -196,17 +256,41 @@ def requested_by(payload: dict[str, Any]) -> str:
 class WebhookDesk:
     """Handles one delivery: signature, body, policy, then the job factory."""
 
-    def __init__(self, *, secret: bytes, policy: Policy, jobs: JobFactory) -> None:
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        policy: Policy,
+        jobs: JobFactory,
+        task_project: TaskProject | None = None,
+    ) -> None:
+        if policy.confirm_tasks and policy.projects and task_project is None:
+            raise ValueError("the policy confirms tasks with CVAT: give task_project")
         self.secret = secret
         self.policy = policy
         self.jobs = jobs
+        self.task_project = task_project
         self.last_seen = LastSeen()
         #: Field values seen by the delivery being handled (one list per request).
         self._seen: ContextVar[list[tuple[str, int, str, Any]]] = ContextVar("webhook_seen")
 
+    def secret_for(self, project_id: int | None) -> tuple[bytes, str]:
+        """(the secret that signs deliveries naming ``project_id``, the message when none)."""
+        policy = self.policy.for_project(project_id)
+        if policy is not None and policy.secret is not None:
+            return policy.secret_bytes(), NO_SECRET
+        if policy is not None and not self.policy.global_secret:  # the loader refuses this
+            return b"", f"project {project_id} has no webhook secret in the policy"
+        return self.secret, NO_SECRET
+
     async def handle(self, body: bytes, signature: str | None) -> Answer:
-        verify_signature(self.secret, body, signature)
-        payload = parse_body(body)
+        try:
+            payload = parse_body(body)
+        except InvalidArgument:
+            verify_signature(self.secret, body, signature)  # an unsigned stranger hears 401
+            raise
+        secret, missing = self.secret_for(claimed_project(payload))
+        verify_signature(secret, body, signature, missing)
         token = self._seen.set([])
         try:
             answer = await self._dispatch(payload)
@@ -238,6 +322,24 @@ class WebhookDesk:
         self._seen.get().append((kind, rid, name, resource.get(name)))
         return turned(payload, resource, name, value, seen)
 
+    async def _confirm(self, policy: ProjectPolicy, task_id: int, event: str) -> None:
+        """Refuse (``PermissionDenied``) unless CVAT says ``task_id`` is in the policy's project."""
+        if not self.policy.confirm_tasks:
+            return
+        assert self.task_project is not None
+        actual = await self.task_project(task_id, policy.organization)
+        if actual != policy.project_id:
+            log.warning(
+                "webhook refused: the task is not in the project the delivery names",
+                webhook_event=event,
+                task=task_id,
+                claimed_project=policy.project_id,
+                cvat_project=actual,
+            )
+            raise PermissionDenied(
+                f"CVAT says task {task_id} is not in project {policy.project_id}; nothing started"
+            )
+
     def _duplicate(self, job_id: str) -> Answer | None:
         if self.jobs.known(job_id) is None:
             return None
@@ -265,6 +367,7 @@ class WebhookDesk:
             return self._ignored(event, f"project {project_id} is not watched", job=cvat_job)
         if policy.trigger != "job":
             return self._ignored(event, f"project {project_id} trains per task, not per job")
+        await self._confirm(policy, task_id, event)
         sub = await self.jobs.train_from_policy(
             policy,
             job_id=job_id,
@@ -291,6 +394,7 @@ class WebhookDesk:
             return self._ignored(event, f"project {project_id} is not watched", task=task_id)
         if policy.trigger != "task":
             return self._ignored(event, f"project {project_id} trains per job, not per task")
+        await self._confirm(policy, task_id, event)
         sub = await self.jobs.train_from_policy(
             policy,
             job_id=job_id,
@@ -314,6 +418,7 @@ class WebhookDesk:
             return self._ignored(event, f"project {project_id} is not watched", task=task_id)
         if not policy.annotate_new_tasks:
             return self._ignored(event, f"project {project_id} does not annotate new tasks")
+        await self._confirm(policy, task_id, event)
         model = await self.jobs.newest_ready_model(policy.namespace, policy.model_name)
         if model is None:
             return self._ignored(

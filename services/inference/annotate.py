@@ -97,11 +97,17 @@ class Annotator:
     """Runs pre-annotation runs; holds no per-run state."""
 
     def __init__(
-        self, predictor: Predictor, *, batch_size: int = 8, fetch_concurrency: int = 8
+        self,
+        predictor: Predictor,
+        *,
+        batch_size: int = 8,
+        fetch_concurrency: int = 8,
+        max_pixels: int = images.DEFAULT_MAX_PIXELS,
     ) -> None:
         self.predictor = predictor
         self.batch_size = batch_size
         self.fetch_concurrency = fetch_concurrency
+        self.max_pixels = max_pixels
 
     async def run(
         self,
@@ -230,7 +236,7 @@ class Annotator:
                 data = await target.fetch(frame)
                 reason = metrics.SKIP_DECODE
                 what = target.frame_name(frame)
-                image = await asyncio.to_thread(images.decode, data, what)
+                image = await asyncio.to_thread(images.decode, data, what, self.max_pixels)
             except Exception as exc:
                 if not is_frame_problem(exc):
                     raise

@@ -54,6 +54,8 @@ class AnnotationJob:
     model: common_pb2.ModelRef
     threshold: float = 0.0
     mode: int = events_pb2.ANNOTATE_MODE_APPEND
+    #: Who asked (the token's name over gRPC): recorded in the job's status details.
+    requested_by: str = ""
 
 
 class InferenceApp:
@@ -91,6 +93,7 @@ class InferenceApp:
             self.predictor,
             batch_size=s.inference_batch_size,
             fetch_concurrency=s.inference_fetch_concurrency,
+            max_pixels=s.inference_max_image_pixels,
         )
         self.registry, self.backend = registry, backend
         metrics.MODELS_KNOWN.set(len(registry.entries()))
@@ -158,7 +161,8 @@ class InferenceApp:
         _, _, predictor, _ = self._ready()
         threshold = self.threshold(threshold)
         model = await self.resolve(ref)
-        image = images.decode(data, what)
+        limit = self.settings.inference_max_image_pixels
+        image = await asyncio.to_thread(images.decode, data, what, limit)  # off the event loop
         found = await predictor.detect_one(model, image, threshold)
         return model, image.width, image.height, found
 
@@ -251,6 +255,7 @@ class InferenceApp:
                     state=state,
                     text=text,
                     progress=counts,
+                    details={"requested_by": job.requested_by} if job.requested_by else None,
                 )
             )
 

@@ -17,6 +17,16 @@ metadata.annotations.type / name / spec (a JSON *string* of labels) /
 version, spec.description, status.state and status.httpPort. Errors answer
 with the status of ``preannotate.http_errors`` (404 for an unknown function,
 400 for a bad invocation; CVAT hands the status on to its user).
+
+Access (docs/security.md): the port has no authentication of its own (CVAT's
+lambda manager sends none), so it serves only the namespaces
+``PREANNOTATE_NUCLIO_NAMESPACES`` lists (default: the default namespace); a
+model of any other namespace is answered exactly as a missing one (404, same
+message). An invocation body larger than ``PREANNOTATE_NUCLIO_MAX_BODY_BYTES``
+is refused with 413 before it is read, and more than
+``PREANNOTATE_NUCLIO_CONCURRENCY`` invocations at once with 429 and
+``Retry-After``. The deployments expose the port only to CVAT (compose: the
+internal network; Kubernetes: a NetworkPolicy).
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ import binascii
 import json
 from typing import Any
 
+import grpc
 from aiohttp import web
 
+from preannotate import keys
 from preannotate.errors import InvalidArgument, NotFound, PreannotateError
-from preannotate.http_errors import error_response
+from preannotate.http_errors import error_response, refusal
 from preannotate.v1 import common_pb2
 from services.inference.app import InferenceApp
 from services.inference.registry import ModelEntry
@@ -37,6 +49,28 @@ from services.inference.shapes import nuclio_item
 
 PREFIX = "preannotate"
 NAME_HEADER = "x-nuclio-function-name"
+#: Seconds a caller refused for too many invocations in flight is told to wait.
+RETRY_AFTER_SECONDS = 1
+
+
+def allowed_namespaces(listed: str, default: str) -> frozenset[str]:
+    """The namespaces ``PREANNOTATE_NUCLIO_NAMESPACES`` lists (comma-separated); the
+    default namespace when it lists none. A bad name is an ``InvalidArgument``."""
+    names = [n.strip() for n in listed.split(",") if n.strip()] or [default]
+    for name in names:
+        try:
+            keys.check_name(name, "namespace")
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"PREANNOTATE_NUCLIO_NAMESPACES: {exc}") from None
+    return frozenset(names)
+
+
+def no_function(name: str) -> NotFound:
+    """The one answer for a function that is missing or not served here."""
+    return NotFound(
+        f"no function {name!r}: GET /api/functions lists those served here "
+        f"(named {PREFIX}.<namespace>.<model>)"
+    )
 
 
 def function_name(entry: ModelEntry) -> str:
@@ -47,9 +81,7 @@ def parse_function_name(name: str) -> tuple[str, str]:
     """(namespace, model name) of a function name; ``NotFound`` when it is not one of ours."""
     parts = name.split(".")
     if len(parts) != 3 or parts[0] != PREFIX or not all(parts[1:]):
-        raise NotFound(
-            f"no function {name!r}: functions here are named {PREFIX}.<namespace>.<model>"
-        )
+        raise no_function(name)
     return parts[1], parts[2]
 
 
@@ -91,10 +123,28 @@ def function_json(entry: ModelEntry, port: int) -> dict[str, Any]:
 
 
 class NuclioApi:
-    """Handlers of the three routes, over one ``InferenceApp``."""
+    """Handlers of the three routes, over one ``InferenceApp``: only the allowed
+    namespaces' models, bodies up to ``max_body_bytes``, ``concurrency`` invocations
+    at once (the settings' values unless given)."""
 
-    def __init__(self, app: InferenceApp) -> None:
+    def __init__(
+        self,
+        app: InferenceApp,
+        *,
+        namespaces: frozenset[str] | None = None,
+        max_body_bytes: int | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        s = app.settings
         self.app = app
+        self.namespaces = (
+            namespaces
+            if namespaces is not None
+            else allowed_namespaces(s.nuclio_namespaces, s.namespace)
+        )
+        self.max_body_bytes = max_body_bytes or s.nuclio_max_body_bytes
+        self.concurrency = concurrency or s.nuclio_concurrency
+        self.in_flight = 0
 
     def routes(self) -> web.RouteTableDef:
         table = web.RouteTableDef()
@@ -109,14 +159,19 @@ class NuclioApi:
 
     async def list_functions(self, request: web.Request) -> web.Response:
         try:
-            latest = self.app.latest()
+            latest = [e for e in self.app.latest() if e.namespace in self.namespaces]
         except PreannotateError as exc:
             return error_response(exc)
         return web.json_response({function_name(e): function_json(e, self.port) for e in latest})
 
     async def _entry(self, name: str) -> ModelEntry:
         namespace, model = parse_function_name(name)
-        return await self.app.resolve(common_pb2.ModelRef(namespace=namespace, name=model))
+        if namespace not in self.namespaces:
+            raise no_function(name)  # as a missing one: the answer tells nothing more
+        try:
+            return await self.app.resolve(common_pb2.ModelRef(namespace=namespace, name=model))
+        except NotFound:
+            raise no_function(name) from None
 
     async def get_function(self, request: web.Request) -> web.Response:
         try:
@@ -126,13 +181,55 @@ class NuclioApi:
         return web.json_response(function_json(entry, self.port))
 
     async def invoke(self, request: web.Request) -> web.Response:
+        if self.in_flight >= self.concurrency:
+            return self._busy()
+        self.in_flight += 1
+        try:
+            return await self._invoke(request)
+        finally:
+            self.in_flight -= 1
+
+    def _busy(self) -> web.Response:
+        answer = refusal(
+            429,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{self.concurrency} invocations are running (PREANNOTATE_NUCLIO_CONCURRENCY); "
+            f"try again in {RETRY_AFTER_SECONDS} s",
+        )
+        answer.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return answer
+
+    def _too_large(self) -> web.Response:
+        return refusal(
+            413,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the body is larger than {self.max_body_bytes} bytes "
+            "(PREANNOTATE_NUCLIO_MAX_BODY_BYTES)",
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The body, or None once it exceeds ``max_body_bytes`` (read no further)."""
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _invoke(self, request: web.Request) -> web.Response:
         try:
             name = request.headers.get(NAME_HEADER, "")
             if not name:
                 raise InvalidArgument(f"no function named: send the {NAME_HEADER} header")
             entry = await self._entry(name)
+            raw = await self._read_body(request)
+            if raw is None:
+                return self._too_large()
             try:
-                body = await request.json()
+                body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise InvalidArgument(f"the body is not JSON: {exc}") from exc
             if not isinstance(body, dict) or not isinstance(body.get("image"), str):

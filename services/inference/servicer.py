@@ -2,7 +2,9 @@
 
 Each method parses the request, checks that the caller may use the namespace
 (``preannotate.auth.caller()``; open without a tokens file), calls the core,
-and maps the result. Errors are ``preannotate.errors`` exceptions;
+and maps the result. AnnotateTask's caller-chosen ``job_id`` is refused when
+another namespace's job (or a training job) holds it (``StatusView.claim``),
+and the caller's name is recorded as the job's ``requested_by``. Errors are ``preannotate.errors`` exceptions;
 ``preannotate.grpc_errors.ErrorInterceptor`` (mounted by ``service.build``)
 turns them into status codes in one place.
 """
@@ -18,9 +20,11 @@ from preannotate.errors import InvalidArgument, PreannotateError
 from preannotate.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.annotate import Progress
 from services.inference.app import AnnotationJob, InferenceApp, check_job_id
+from services.inference.limits import RequestLimit
 from services.inference.postprocess import Detected
 from services.inference.registry import ModelEntry
 from services.inference.shapes import to_proto
+from services.inference.targets import check_target_ref
 
 _DONE = object()
 
@@ -53,22 +57,39 @@ def progress_message(job_id: str, p: Progress) -> inference_pb2.AnnotateTaskProg
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, app: InferenceApp) -> None:
         self.app = app
+        #: Predict calls and open StreamPredict calls, together.
+        self.limit = RequestLimit(app.settings.inference_max_concurrent_requests)
 
     def _allowed(self, ref: common_pb2.ModelRef) -> None:
         caller().check(ref.namespace or self.app.settings.namespace)
 
+    def _claim(self, job: AnnotationJob) -> None:
+        """A job id the caller chose must not be another namespace's (or a training job's)."""
+        view = self.app.resources.status_view if self.app.resources is not None else None
+        if view is not None:
+            view.claim(job.job_id, job.namespace, events_pb2.JOB_KIND_ANNOTATION)
+
     async def Predict(self, request, context):
         self._allowed(request.model)
-        model, width, height, found = await self.app.predict(
-            request.model, request.image, request.threshold
-        )
+        async with self.limit.slot(context):
+            model, width, height, found = await self.app.predict(
+                request.model, request.image, request.threshold
+            )
         return predict_response(request.id, model, width, height, found)
 
     async def StreamPredict(self, request_iterator, context) -> AsyncIterator:
         """Answers leave as they finish (not in request order), matched by ``id``;
-        at most ``inference_stream_window`` images are in flight."""
-        window = asyncio.Semaphore(self.app.settings.inference_stream_window)
-        answers: asyncio.Queue = asyncio.Queue()
+        at most ``inference_stream_window`` images are in flight or answered and
+        not yet sent: a client that does not read stops the reading of requests."""
+        async with self.limit.slot(context):
+            async for answer in self._stream(request_iterator):
+                yield answer
+
+    async def _stream(self, request_iterator) -> AsyncIterator:
+        size = self.app.settings.inference_stream_window
+        window = asyncio.Semaphore(size)
+        # every answer holds a window slot until it is sent: at most ``size``, and _DONE
+        answers: asyncio.Queue = asyncio.Queue(maxsize=size + 1)
         running: set[asyncio.Task] = set()
 
         async def one(request) -> None:
@@ -82,8 +103,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 answers.put_nowait(type(exc)(f"image {request.id!r}: {exc}"))
             except Exception as exc:  # handed to the interceptor, which logs and hides it
                 answers.put_nowait(exc)
-            finally:
-                window.release()
 
         async def read() -> None:
             async for request in request_iterator:
@@ -108,6 +127,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 item = get.result()
                 if item is _DONE:
                     return
+                window.release()  # its answer leaves the queue
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -122,6 +142,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if request.mode not in events_pb2.AnnotateMode.values():
             raise InvalidArgument(f"mode {request.mode} is not an AnnotateMode")
         self._allowed(request.model)
+        check_target_ref(self.app.settings, request.cvat)  # before any status is written
         job = AnnotationJob(
             job_id=check_job_id(request.job_id),
             namespace=request.model.namespace or self.app.settings.namespace,
@@ -129,7 +150,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             model=request.model,
             threshold=request.threshold,
             mode=request.mode or events_pb2.ANNOTATE_MODE_APPEND,
+            requested_by=caller().caller,
         )
+        self._claim(job)
         updates: asyncio.Queue = asyncio.Queue()
 
         async def on_progress(p: Progress) -> None:

@@ -14,9 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from preannotate.cvat import CvatSettings
+from preannotate.cvat.refs import check_file_root
+
+FILE_TARGETS_OFF = "PREANNOTATE_INFERENCE_ALLOW_FILE_TARGETS"
+FILE_TARGET_ROOT = "PREANNOTATE_INFERENCE_FILE_TARGET_ROOT"
 
 MiB = 1 << 20
 
@@ -72,10 +76,22 @@ class InferenceSettings(CvatSettings):
 
     # Local folders as targets (CvatRef.url = file://<root>, see targets.folder).
     #: Whether a run may read <root>/images/default/ and write
-    #: <root>/annotations/instances_default.json instead of a CVAT task.
-    inference_allow_file_targets: bool = True
-    #: When set, every file:// target must lie at or under this folder.
+    #: <root>/annotations/instances_default.json instead of a CVAT task (off
+    #: by default; on in the embedded mode); needs
+    #: PREANNOTATE_INFERENCE_FILE_TARGET_ROOT.
+    inference_allow_file_targets: bool = False
+    #: The folder every file:// target must lie in (after resolving symbolic
+    #: links and ..); required when PREANNOTATE_INFERENCE_ALLOW_FILE_TARGETS is on.
     inference_file_target_root: Path | None = None
+
+    # Limits on requests.
+    #: Most pixels (width x height) of one image; larger ones are refused from
+    #: their header, before they are decoded (at most 178000000, where Pillow's
+    #: own decompression-bomb check refuses).
+    inference_max_image_pixels: int = Field(40_000_000, ge=1, le=178_000_000)
+    #: Most single-image requests (Predict, StreamPredict images) in progress at
+    #: once per process; more are answered RESOURCE_EXHAUSTED with a retry hint.
+    inference_max_concurrent_requests: int = Field(64, ge=1)
 
     # Access.
     #: YAML file of bearer tokens and their namespaces (see preannotate.auth);
@@ -86,6 +102,13 @@ class InferenceSettings(CvatSettings):
     inference_grpc_port: int = Field(50052, ge=0, le=65535)
     #: The Nuclio dashboard API that CVAT's lambda manager calls (CVAT_NUCLIO_PORT).
     nuclio_port: int = Field(8070, ge=0, le=65535)
+    #: Namespaces whose models the Nuclio port lists and runs, comma-separated
+    #: (it has no authentication: CVAT sends none). Empty: ``namespace`` only.
+    nuclio_namespaces: str = ""
+    #: Largest Nuclio invocation body (base64 of one frame); larger: 413.
+    nuclio_max_body_bytes: int = Field(32 * MiB, ge=1024)
+    #: Nuclio invocations in flight at once; more: 429 with Retry-After.
+    nuclio_concurrency: int = Field(8, ge=1)
 
     @field_validator("tfserving_address")
     @classmethod
@@ -101,6 +124,16 @@ class InferenceSettings(CvatSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"no file at {value}")
         return value
+
+    @model_validator(mode="after")
+    def _check_file_root(self) -> InferenceSettings:
+        check_file_root(
+            self.inference_allow_file_targets,
+            self.inference_file_target_root,
+            FILE_TARGETS_OFF,
+            FILE_TARGET_ROOT,
+        )
+        return self
 
     @property
     def memory_budget_bytes(self) -> int:

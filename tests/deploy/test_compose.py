@@ -18,9 +18,24 @@ SERVICES = ["gateway", "exporter", "trainer", "converter", "inference"]
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)
 
 
-def compose_config(compose_bin: Path, *args: str, file: Path = COMPOSE_FILE):
-    # A clean environment: the file's own defaults must be enough.
+#: What deploy/compose/.env must set (the file has no default passwords).
+REQUIRED = {
+    "MINIO_ROOT_USER": "minio-admin-from-env",
+    "MINIO_ROOT_PASSWORD": "minio-password-from-env",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-password-from-env",
+    "PREANNOTATE_WEBHOOK_SECRET": "webhook-secret-from-env",
+}
+#: The infrastructure: published on 127.0.0.1 only.
+INFRASTRUCTURE = ["kafka", "minio", "tfserving", "prometheus", "grafana"]
+
+
+def compose_config(compose_bin: Path, *args: str, file: Path = COMPOSE_FILE, required: bool = True):
+    # A clean environment: the file's own defaults and the required secrets must be enough.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREANNOTATE_", "COMPOSE_"))}
+    for key in (*REQUIRED, "GRAFANA_ADMIN_USER"):
+        env.pop(key, None)
+    if required:
+        env.update(REQUIRED)
     return run(
         [str(compose_bin), "-f", str(file), *args, "config", "--format", "json"],
         cwd=file.parent,
@@ -168,7 +183,11 @@ def test_every_preannotate_variable_is_a_setting(config: dict[str, Any], generat
 
 @pytest.mark.parametrize("name", [*SERVICES, "trainer-cpu"])
 def test_service_settings_load_from_the_compose_environment(
-    config: dict[str, Any], name: str, generate, monkeypatch: pytest.MonkeyPatch
+    config: dict[str, Any],
+    name: str,
+    generate,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """Each service would start: its settings class accepts the environment compose gives it."""
     service = name.removesuffix("-cpu")
@@ -178,6 +197,10 @@ def test_service_settings_load_from_the_compose_environment(
             monkeypatch.delenv(key)
     for key, value in config["services"][name]["environment"].items():
         monkeypatch.setenv(key, "" if value is None else str(value))
+    if "PREANNOTATE_TOKENS_FILE" in os.environ:  # a container path: a local one instead
+        tokens = tmp_path / "tokens.yaml"
+        tokens.write_text("tokens: []\n")
+        monkeypatch.setenv("PREANNOTATE_TOKENS_FILE", str(tokens))
     settings = load(cls)
     assert settings.bus == "kafka" and settings.storage == "s3"
     assert settings.bind_host == "0.0.0.0"
@@ -234,3 +257,67 @@ def _pools(env: dict[str, str]) -> dict[str, int]:
     from preannotate.settings import parse_pools
 
     return parse_pools(env["PREANNOTATE_MACHINE_TYPES"])
+
+
+# -- secure by default (docs/security.md) ---------------------------------------------
+
+
+def test_compose_refuses_to_start_without_the_secrets(compose_bin: Path) -> None:
+    done = compose_config(compose_bin, required=False)
+    assert done.returncode != 0
+    assert "set MINIO_ROOT_PASSWORD in .env" in done.stderr or "set MINIO_ROOT_" in done.stderr
+
+
+def test_no_default_password_is_shipped(config: dict[str, Any]) -> None:
+    text = COMPOSE_FILE.read_text()
+    assert "dev-secret" not in text
+    for name in REQUIRED:
+        assert f"${{{name}:?" in text, f"{name} must be required (${{{name}:?...}})"
+    example = (COMPOSE_FILE.parent / ".env.example").read_text()
+    values = dict(
+        line.split("=", 1) for line in example.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert set(REQUIRED) <= set(values)
+    assert all(not values[k] for k in REQUIRED if k != "MINIO_ROOT_USER")
+    services = config["services"]
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == "minio-password-from-env"
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-password-from-env"
+    for service in _ours(config).values():
+        assert service["environment"]["PREANNOTATE_S3_SECRET_KEY"] == "minio-password-from-env"
+    ignored = (COMPOSE_FILE.parent / ".gitignore").read_text().split()
+    assert {".env", "tokens.yaml"} <= set(ignored)
+
+
+def test_infrastructure_ports_are_bound_to_localhost(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name in INFRASTRUCTURE:
+        ports = services[name].get("ports", [])
+        assert ports, f"{name} publishes nothing: the test would prove nothing"
+        for port in ports:
+            assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port} on every interface"
+    assert "--web.enable-lifecycle" not in services["prometheus"]["command"]
+
+
+def test_the_nuclio_port_stays_on_the_internal_network(config: dict[str, Any]) -> None:
+    inference = config["services"]["inference"]
+    published = {int(p["target"]) for p in inference.get("ports", [])}
+    nuclio = int(inference["environment"]["PREANNOTATE_NUCLIO_PORT"])
+    assert nuclio not in published
+    assert str(nuclio) in {str(p) for p in inference.get("expose", [])}
+    assert inference["environment"]["PREANNOTATE_NUCLIO_NAMESPACES"] == "default"
+    assert config["networks"]["default"]["name"] == "preannotate"
+
+
+def test_every_grpc_service_requires_tokens(config: dict[str, Any], generate) -> None:
+    classes = generate.settings_classes()
+    grpc = [n for n in SERVICES if "tokens_file" in classes[n].model_fields]
+    assert sorted(grpc) == ["gateway", "inference"]
+    for name in grpc:
+        service = config["services"][name]
+        env = service["environment"]
+        assert env["PREANNOTATE_AUTH"] == "tokens"
+        path = env["PREANNOTATE_TOKENS_FILE"]
+        targets = {s["source"]: s.get("target", "") for s in service["secrets"]}
+        assert path in (targets["preannotate-tokens"], "/run/secrets/preannotate-tokens")
+    assert config["secrets"]["preannotate-tokens"]["file"].endswith("tokens.yaml")

@@ -306,9 +306,11 @@ def test_every_preannotate_variable_is_a_setting(rendered, generate, overlay: st
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_settings_load_from_the_manifests(
-    rendered, generate, overlay: str, monkeypatch: pytest.MonkeyPatch
+    rendered, generate, overlay: str, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    """Each container would start: its settings class accepts the ConfigMap and its env."""
+    """Each container would start: its settings class accepts the ConfigMap and its env
+    (a tokens file the manifest names is mounted from the preannotate-tokens Secret;
+    here an empty one stands in for it)."""
     classes = generate.settings_classes()
     docs = rendered[overlay]
     checked = set()
@@ -321,7 +323,18 @@ def test_service_settings_load_from_the_manifests(
             monkeypatch.setenv(key, value)
         for e in c.get("env", []):
             monkeypatch.setenv(e["name"], e["value"])
+            if e["name"] == "PREANNOTATE_TOKENS_FILE":
+                mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+                volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+                assert e["value"].startswith(mounts["tokens"] + "/")
+                assert volumes["tokens"]["secret"]["secretName"] == "preannotate-tokens"
+                stand_in = tmp_path / "tokens.yaml"
+                stand_in.write_text("tokens: []\n")
+                monkeypatch.setenv(e["name"], str(stand_in))
         settings = load(classes[component])
+        if component in ("gateway", "inference"):
+            # A gRPC service either needs tokens or is open on purpose (the dev overlay).
+            assert settings.tokens_file is not None or settings.auth == "none"
         assert settings.bus == "kafka" and settings.storage == "s3"
         checked.add(component)
     assert checked == {"gateway", "exporter", "trainer", "converter", "inference"}

@@ -31,6 +31,8 @@ def make_settings(tmp_path):
             "cvat_retry_backoff_seconds": 0.01,
             "cvat_request_timeout_seconds": 5.0,
             "cvat_export_timeout_seconds": 30.0,
+            "export_allow_file_import": True,  # off by default; the tests' zips lie here
+            "export_file_import_root": tmp_path,
             **overrides,
         }
         return ExporterSettings(**values)

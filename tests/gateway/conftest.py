@@ -34,6 +34,9 @@ TOKEN_ALL = "token-of-admin-0123456789"
 
 #: Project 3 trains per task, project 4 per job; both in namespace team-a.
 POLICY = {
+    # one secret for every project, tasks not confirmed (tests/security covers both)
+    "global_secret": True,
+    "confirm_tasks": False,
     "projects": [
         {
             "project_id": 3,
@@ -54,7 +57,7 @@ POLICY = {
             "organization": "lab",
             "threshold": 0.3,
         },
-    ]
+    ],
 }
 
 TOKENS = {
@@ -195,6 +198,8 @@ def gateway_factory(tmp_path) -> Callable[..., Any]:
                 kafka_topic_prefix=topic_prefix or f"t{uuid.uuid4().hex[:8]}.",
                 session_timeout_ms=6000,
             )
+            if not tokens:
+                values["auth"] = "none"
             bus = None
         else:
             values["bus"] = "memory"

@@ -276,7 +276,7 @@ async def test_an_oversized_body_is_refused(gateway_cleanup):
 async def test_a_policy_whose_base_model_is_missing_is_404_not_retried(gateway_cleanup):
     # preannotate.http_errors: NotFound is 404 (it was 422 here, 404 on the Nuclio API);
     # CVAT retries only 5xx, 408 and 429, and a retry would fail the same way.
-    policy = {"projects": [{**POLICY["projects"][0], "base_model": "ghost"}]}
+    policy = {**POLICY, "projects": [{**POLICY["projects"][0], "base_model": "ghost"}]}
     gw = await gateway_cleanup(policy=policy)
     status, answer = await gw.post(payloads.task_completed(task_id=15, project_id=3))
     assert status == 404 and answer["code"] == "not_found"

@@ -89,6 +89,9 @@ def make_settings(tmp: Path, **overrides: Any) -> InferenceSettings:
         "inference_default_threshold": 0.5,
         "inference_grpc_port": 0,
         "nuclio_port": 0,
+        # file:// targets are off by default; the tests' folders lie beside ``tmp``
+        "inference_allow_file_targets": True,
+        "inference_file_target_root": tmp.parent,
     }
     values.update(overrides)
     return InferenceSettings(**values)

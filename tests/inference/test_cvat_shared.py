@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -184,7 +183,7 @@ def test_file_ref_path(tmp_path):
     (root / "a").mkdir(parents=True)
     assert file_ref_path((root / "a").as_uri(), root, "VAR") == (root / "a").resolve()
     assert file_ref_path(root.as_uri(), root, "VAR") == root.resolve()
-    assert file_ref_path(f"file://localhost{root}/a", None, "VAR") == (root / "a").resolve()
+    assert file_ref_path(f"file://localhost{root}/a", root, "VAR") == (root / "a").resolve()
     for url, why in [
         (f"file://{root}/../x", "outside .* \\(VAR\\)"),
         (f"file://{root}/a/%2E%2E/%2E%2E/x", "outside"),
@@ -198,7 +197,8 @@ def test_file_ref_path(tmp_path):
     link.symlink_to(tmp_path)
     with pytest.raises(InvalidArgument, match="outside"):
         file_ref_path(link.as_uri(), root, "VAR")
-    assert file_ref_path(link.as_uri(), None, "VAR") == Path(tmp_path).resolve()
+    with pytest.raises(InvalidArgument, match=r"no folder is allowed .* \(VAR\)"):
+        file_ref_path(link.as_uri(), None, "VAR")  # no root: every path refused
 
 
 # --- the one client against the CVAT stand-in --------------------------------------------------

@@ -131,7 +131,7 @@ async def test_the_service_through_the_runner(
     storage = LocalStorage(tmp_path / "storage")
     overrides: dict[str, Any] = {"cvat_url": cvat.url, "metrics_port": 0}
     if bus_kind == "kafka":
-        overrides.update(bus="kafka", kafka_bootstrap=request.getfixturevalue("kafka_bootstrap"),
+        overrides.update(bus="kafka", auth="none", kafka_bootstrap=request.getfixturevalue("kafka_bootstrap"),
                          kafka_partitions=1, kafka_client_id=unique_name("inf"))  # fmt: skip
     settings = make_settings(tmp_path, **overrides)
     bus = MemoryBus() if bus_kind == "memory" else make_bus(settings)

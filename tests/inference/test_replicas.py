@@ -55,6 +55,7 @@ async def test_one_model_converted_reaches_every_replica_and_its_tf_serving(
             settings = make_settings(
                 tmp_path / f"replica-{i}",
                 bus="kafka",
+                auth="none",
                 kafka_bootstrap=kafka_bootstrap,
                 kafka_topic_prefix=prefix,
                 kafka_partitions=2,

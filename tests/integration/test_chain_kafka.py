@@ -56,6 +56,7 @@ PROJECTS = {"plain": (7, "shapes"), "killed": (8, "shapes-k")}
 
 def policy() -> dict:
     return {
+        "global_secret": True,  # one webhook secret; tasks confirmed with the stand-in
         "projects": [
             {
                 "project_id": project_id,
@@ -68,7 +69,7 @@ def policy() -> dict:
                 "threshold": 0.001,
             }
             for project_id, name in PROJECTS.values()
-        ]
+        ],
     }
 
 

@@ -46,6 +46,7 @@ async def system(kafka_bootstrap, s3_storage, cvat, tmp_path):
     policy.write_text(
         yaml.safe_dump(
             {
+                "global_secret": True,
                 "projects": [
                     {
                         "project_id": 7,
@@ -56,12 +57,13 @@ async def system(kafka_bootstrap, s3_storage, cvat, tmp_path):
                         "model_name": "shapes",
                         "annotate_new_tasks": False,
                     }
-                ]
+                ],
             }
         )
     )
     common = {
         "bus": "kafka",
+        "auth": "none",
         "kafka_bootstrap": kafka_bootstrap,
         "kafka_topic_prefix": f"i{uuid.uuid4().hex[:8]}.",
         "kafka_partitions": 2,
@@ -74,6 +76,8 @@ async def system(kafka_bootstrap, s3_storage, cvat, tmp_path):
         **common,
         webhook_secret=SECRET,
         webhook_policy_file=policy,
+        cvat_url=cvat.url,  # the gateway confirms each delivery's task with CVAT
+        cvat_token=TOKEN,
         gateway_grpc_port=0,
         gateway_http_port=0,
     )

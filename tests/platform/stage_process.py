@@ -242,6 +242,7 @@ def service_env(bootstrap: str, endpoint: str, bucket: str, prefix: str) -> dict
         "PYTHONUNBUFFERED": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PREANNOTATE_BUS": "kafka",
+        "PREANNOTATE_AUTH": "none",
         "PREANNOTATE_KAFKA_BOOTSTRAP": bootstrap,
         "PREANNOTATE_KAFKA_TOPIC_PREFIX": prefix,
         "PREANNOTATE_KAFKA_PARTITIONS": "1",

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 from preannotate.errors import InvalidArgument, NotFound, Unavailable
 from services.inference.postprocess import Detected
+from services.inference.settings import FILE_TARGET_ROOT, FILE_TARGETS_OFF
 
-FILE_TARGETS_OFF = "PREANNOTATE_INFERENCE_ALLOW_FILE_TARGETS"
-FILE_TARGET_ROOT = "PREANNOTATE_INFERENCE_FILE_TARGET_ROOT"
+__all__ = ["FILE_TARGETS_OFF", "FILE_TARGET_ROOT"]  # the variables' names, for messages
 
 
 #: Called by ``Target.write`` after each part of a batch is durable: (frames,

@@ -32,7 +32,14 @@ pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)
 #: Kubernetes versions the manifests must be valid for: the oldest with every
 #: feature used (gRPC probes are GA in 1.27) and the newest the schemas know.
 K8S_VERSIONS = ["1.29.0", "1.37.0"]
-CORE_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2"}
+CORE_GROUPS = {
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "policy/v1",
+    "autoscaling/v2",
+    "networking.k8s.io/v1",
+}
 OUR_IMAGES = re.compile(
     r"^(?:.*/)?preannotate-(gateway|exporter|trainer|converter|inference)(?::|$)"
 )
@@ -48,8 +55,17 @@ def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def namespace(docs: list[dict[str, Any]]) -> str:
+    """The namespace the objects render in; the base's own is "preannotate"."""
+    return config_and_meta(docs)["metadata"].get("namespace", "preannotate")
+
+
+def config_and_meta(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return named(docs, "ConfigMap", "preannotate-config")
+
+
 def config_data(docs: list[dict[str, Any]]) -> dict[str, str]:
-    return named(docs, "ConfigMap", "preannotate-config")["data"]
+    return config_and_meta(docs)["data"]
 
 
 def containers(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -220,7 +236,8 @@ def test_every_pool_has_a_trainer_and_a_scaler(rendered, overlay: str) -> None:
         assert trigger["type"] == "kafka"
         assert meta["topic"] == topics.train_jobs(pool)
         assert meta["consumerGroup"] == groups[pool]
-        assert meta["bootstrapServers"] == data["PREANNOTATE_KAFKA_BOOTSTRAP"]
+        host, port = data["PREANNOTATE_KAFKA_BOOTSTRAP"].rsplit(":", 1)
+        assert meta["bootstrapServers"] == f"{host}.{namespace(docs)}.svc:{port}"
         assert meta["offsetResetPolicy"] == "earliest"
         assert scaler["spec"]["maxReplicaCount"] <= partitions[meta["topic"]]
 
@@ -380,3 +397,109 @@ def test_tfserving_mirrors_the_models_the_inference_service_names(rendered) -> N
     files = named(docs, "ConfigMap", cm)["data"]
     assert Path(flags["model_config_file"]).name in files
     assert Path(flags["monitoring_config_file"]).name in files
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_reads_kafka_by_its_full_service_name(rendered, overlay: str) -> None:
+    """KEDA's scaler runs in KEDA's namespace: a short Service name does not resolve there."""
+    docs = rendered[overlay]
+    scalers = by_kind(docs, "ScaledObject") + by_kind(docs, "ScaledJob")
+    assert scalers
+    for scaler in scalers:
+        for trigger in scaler["spec"]["triggers"]:
+            for server in trigger["metadata"]["bootstrapServers"].split(","):
+                host = server.rsplit(":", 1)[0]
+                assert host.endswith(f".{namespace(docs)}.svc"), (
+                    f"{overlay}: {scaler['metadata']['name']} names {server}"
+                )
+    if overlay == "overlays/dev":
+        assert namespace(docs) == "preannotate-dev"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_has_a_tag_or_digest(rendered, overlay: str) -> None:
+    for dep in by_kind(rendered[overlay], "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            last = c["image"].rsplit("/", 1)[-1]
+            assert ":" in last or "@" in last, (
+                f"{overlay}: {dep['metadata']['name']}/{c['name']} runs {c['image']} untagged"
+            )
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels expected: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _allowed_from(docs: list[dict[str, Any]], dep: dict[str, Any], port: int) -> list | None:
+    """The peers that may reach ``port`` of the Deployment's pods under the
+    NetworkPolicies; None where a rule lets any source in."""
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    peers: list[dict[str, Any]] = []
+    for policy in by_kind(docs, "NetworkPolicy"):
+        spec = policy["spec"]
+        if "Ingress" not in spec["policyTypes"] or not _selects(spec["podSelector"], labels):
+            continue
+        for rule in spec.get("ingress", []):
+            ports = rule.get("ports")
+            if ports is not None and port not in [p["port"] for p in ports]:
+                continue
+            if not rule.get("from"):
+                return None
+            peers.extend(rule["from"])
+    return peers
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_deny_by_default_and_allow_the_flow(rendered, overlay: str) -> None:
+    docs = rendered[overlay]
+    policies = by_kind(docs, "NetworkPolicy")
+    denies = [
+        p
+        for p in policies
+        if p["spec"]["policyTypes"] == ["Ingress"] and not p["spec"].get("ingress")
+    ]
+    deployments = by_kind(docs, "Deployment")
+    for dep in deployments:
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert any(_selects(p["spec"]["podSelector"], labels) for p in denies), (
+            f"{overlay}: no default-deny policy selects {dep['metadata']['name']}'s pods"
+        )
+    dep = {d["metadata"]["name"]: d for d in deployments}
+    inference_labels = dep["inference"]["spec"]["template"]["metadata"]["labels"]
+
+    # Open to any source: the gateway's gRPC and webhook ports, nothing else.
+    for d in deployments:
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            for p in c.get("ports", []):
+                anyone = _allowed_from(docs, d, p["containerPort"]) is None
+                expected = d["metadata"]["name"] == "gateway" and p["name"] in ("grpc", "http")
+                assert anyone == expected, f"{overlay}: {d['metadata']['name']}:{p['name']}"
+
+    # Nuclio: CVAT's pods in CVAT's namespace only.
+    nuclio = _allowed_from(docs, dep["inference"], 8070)
+    assert nuclio, f"{overlay}: nobody may call the Nuclio port"
+    for peer in nuclio:
+        assert peer["namespaceSelector"]["matchLabels"], peer
+        assert peer["podSelector"]["matchLabels"], peer
+        assert "ipBlock" not in peer
+    # inference gRPC: pods of this namespace.
+    assert _allowed_from(docs, dep["inference"], 50052) == [{"podSelector": {}}]
+
+    # TF Serving's gRPC only from the inference pods; its REST also from Prometheus.
+    prometheus = _allowed_from(docs, dep["converter"], 9100)
+    assert prometheus and all(
+        p["podSelector"]["matchLabels"] and "namespaceSelector" in p for p in prometheus
+    )
+    from_inference = _allowed_from(docs, dep["tfserving"], 8500)
+    assert from_inference
+    for peer in from_inference:
+        assert set(peer) == {"podSelector"} and _selects(peer["podSelector"], inference_labels)
+    rest = _allowed_from(docs, dep["tfserving"], 8501)
+    assert rest is not None
+    assert all(p in from_inference or p in prometheus for p in rest)
+    # Every pod's metrics port: Prometheus only.
+    for d in deployments:
+        if d["metadata"]["name"] != "tfserving":
+            assert _allowed_from(docs, d, 9100) == prometheus, d["metadata"]["name"]

@@ -17,7 +17,7 @@ import structlog
 
 REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(
-    r"(token|password|passwd|secret|authorization|api[_-]?key|credential|private[_-]?key|signature)",
+    r"(token|password|passwd|secret|authorization|api[_-]?key|credential|private[_-]?key|signature(?!s))",
     re.I,
 )
 _SECRET_VALUE = [

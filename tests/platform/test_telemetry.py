@@ -41,6 +41,8 @@ def test_secrets_are_redacted_by_key_and_by_value():
             note="sent Token 0123456789abcdef and X-Signature-256 sha256=" + "ab" * 32,
             webhook_secret="s3cr3t",
             s3_secret_key="AKIA",
+            x_signature_256="sha256=" + "cd" * 32,
+            signatures={"serving_default": "images -> detections"},
         )
 
     (line,) = lines_of(emit)
@@ -53,8 +55,11 @@ def test_secrets_are_redacted_by_key_and_by_value():
         "s3cr3t",
         "AKIA",
         "ab" * 32,
+        "cd" * 32,
     ):
         assert secret not in text, secret
+    # A SavedModel's signatures are not a webhook signature.
+    assert line["signatures"] == {"serving_default": "images -> detections"}
     assert line["headers"]["Accept"] == "json"
     assert line["token"] == tlog.REDACTED and "cvat.local/api" in line["url"]
 

@@ -23,11 +23,9 @@ import yaml
 
 from preannotate import topics
 from preannotate.bus import dlq_topic
-from preannotate.bus.kafka import KafkaBus
-from preannotate.status import StatusView
 from preannotate.v1 import events_pb2
 from tests.platform.buses import drain, kafka_settings
-from tests.platform.stage_process import service_env, stop_processes, topic_specs
+from tests.platform.stage_process import BusSide, service_env, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "exporter", "trainer", "converter", "inference")
@@ -38,7 +36,7 @@ TERMINAL = {
 }
 
 
-class Chain:
+class Chain(BusSide):
     """The five service processes over one topic prefix, one bucket and one CVAT."""
 
     def __init__(
@@ -88,8 +86,6 @@ class Chain:
             "PREANNOTATE_NUCLIO_PORT": "0",
         }
         self.procs: dict[str, list[subprocess.Popen]] = {name: [] for name in SERVICES}
-        self.bus: KafkaBus | None = None
-        self.view: StatusView | None = None
 
     # --- processes ------------------------------------------------------------------
 
@@ -154,18 +150,7 @@ class Chain:
 
     async def open(self) -> None:
         """Create every topic (as each service does at start) and start the status view."""
-        self.bus = KafkaBus(kafka_settings(self.bootstrap, kafka_topic_prefix=self.prefix))
-        await self.bus.start()
-        await self.bus.ensure_topics(topic_specs(1))
-        self.view = StatusView(self.bus)
-        await self.view.start(wait_caught_up=5)
-
-    async def close(self) -> None:
-        self.stop()
-        if self.view is not None:
-            await self.view.stop()
-        if self.bus is not None:
-            await self.bus.stop()
+        await super().open(kafka_settings(self.bootstrap, kafka_topic_prefix=self.prefix), 1)
 
     async def finished(self, job_id: str, timeout: float) -> events_pb2.JobStatus:
         """The job's status once it is terminal (SUCCEEDED, FAILED or CANCELLED)."""

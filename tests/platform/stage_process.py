@@ -162,19 +162,15 @@ def main() -> None:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Pipeline:
-    """Stage processes sharing one topic prefix, storage folder and acts file,
-    with a bus and a job-status view on the same topics for the test."""
+class BusSide:
+    """The test's own bus and job-status view beside service processes; ``stop()``
+    stops the processes."""
 
-    def __init__(self, bootstrap: str, tmp: Path) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = f"p{uuid.uuid4().hex[:8]}."
-        self.storage = tmp / "storage"
-        self.acts = tmp / "acts.log"
-        self.logs = tmp
-        self.procs: list[subprocess.Popen] = []
-        self.bus: KafkaBus | None = None
-        self.view: StatusView | None = None
+    bus: KafkaBus | None = None
+    view: StatusView | None = None
+
+    def stop(self) -> None:
+        raise NotImplementedError
 
     async def open(self, settings: ServiceSettings, partitions: int = 2) -> None:
         """Create the topics (as every service does at start) and start the view."""
@@ -190,6 +186,19 @@ class Pipeline:
             await self.view.stop()
         if self.bus is not None:
             await self.bus.stop()
+
+
+class Pipeline(BusSide):
+    """Stage processes sharing one topic prefix, storage folder and acts file,
+    with a bus and a job-status view on the same topics for the test."""
+
+    def __init__(self, bootstrap: str, tmp: Path) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = f"p{uuid.uuid4().hex[:8]}."
+        self.storage = tmp / "storage"
+        self.acts = tmp / "acts.log"
+        self.logs = tmp
+        self.procs: list[subprocess.Popen] = []
 
     def start(self, stage: str, *extra: str) -> subprocess.Popen:
         with open(self.logs / f"{stage}-{len(self.procs)}.log", "ab") as log:

@@ -443,7 +443,7 @@ def _restore_check(work: Path, version: int, classes: list[str]) -> dict:
     storage = LocalStorage(work / "storage")
     installed = WeightsStore(storage).installed(MODEL)
     scratch = work / "restore-check"
-    spec = initialisation.from_installed(storage, installed, classes, scratch / "cache")
+    spec = initialisation.from_installed(storage, installed, scratch / "cache")
     prefix = f"{NAMESPACE}/models/pretrained/{version}/"
     params = experiment_lib.load(storage.get(prefix + "experiment.yaml").decode())
     session = training.Session(params, training.make_strategy(1), scratch / "model")

@@ -151,21 +151,15 @@ def choose(
             f"{exc}. This job starts from them (the default, pretrained=true); to train "
             "from random weights instead, add pretrained=false to its arguments"
         ) from exc
-    return from_installed(storage, installed, classes, cache_dir)
+    return from_installed(storage, installed, cache_dir)
 
 
-def from_installed(
-    storage: Storage, installed: Installed, classes: list[str], cache_dir: Path
-) -> InitSpec:
+def from_installed(storage: Storage, installed: Installed, cache_dir: Path) -> InitSpec:
     """The start from the installed weights of a model type (downloaded into ``cache_dir``)."""
     kind = "imagenet-backbone" if installed.dataset == "imagenet" else "coco"
-    if installed.covers == "detector":
-        # Restored whole only when the weights' classes are known to be the job's: the
-        # store's manifest names none today, so a detector's class heads start fresh.
-        same = list(getattr(installed, "classes", None) or ()) == list(classes)
-        modules: tuple[str, ...] = ("all",) if same else PARTS
-    elif installed.covers == "backbone+decoder":
-        modules = PARTS
+    if installed.covers in ("detector", "backbone+decoder"):
+        # The store's manifest names no classes, so a detector's class heads start fresh.
+        modules: tuple[str, ...] = PARTS
     elif installed.covers == "backbone":
         modules = ("backbone",)
     else:

@@ -21,9 +21,8 @@ import pytest
 pytestmark = pytest.mark.timeout(900)
 
 #: Held-out mAP@0.5 the short run below must reach. At 250 steps the run wrote no
-#: shape at score >= 0.05 (mAP 0); at 600 steps it passed (loaded machine); an
-#: untrained model scores 0, and the same predictions scored against class-swapped
-#: truth score under it (checked in the test).
+#: shape at score >= 0.05 (mAP 0); at 600 steps it scored 0.54 (loaded machine); an
+#: untrained model scores 0. Whether it knows the classes is checked apart (below).
 MAP_FLOOR = 0.3
 
 QUICKSTART = [
@@ -42,20 +41,49 @@ SHORT_ARGS = (
 )
 
 
-def _score_with_classes_rotated(truth: dict, predictions, tmp_path) -> float:
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    union = a[2] * a[3] + b[2] * b[3] - ix * iy
+    return ix * iy / union if union else 0.0
+
+
+def _top_class_per_object(predictions: dict) -> dict:
+    """Keep, where boxes of any class overlap (IoU > 0.5), only the best-scored one.
+
+    At score >= 0.05 a detector also writes each object under the other classes
+    at low scores, which lets class-rotated truth score well; with one class per
+    object, only a model that ranks the right class first scores.
+    """
+    kept: dict[int, list[dict]] = {}
+    for ann in sorted(predictions["annotations"], key=lambda a: -a["score"]):
+        others = kept.setdefault(ann["image_id"], [])
+        if all(_iou(ann["bbox"], k["bbox"]) <= 0.5 for k in others):
+            others.append(ann)
+    return {**predictions, "annotations": [a for anns in kept.values() for a in anns]}
+
+
+def _scores_of_top_classes(truth: dict, predictions: dict, tmp_path) -> tuple[float, float]:
+    """mAP@0.5 of the best class per object, against the truth and against the
+    truth with its classes rotated (each object labelled as the next class)."""
     from preannotate.quickstart.score import coco_map
 
     ids = sorted(c["id"] for c in truth["categories"])
-    rotate = {a: b for a, b in zip(ids, ids[1:] + ids[:1], strict=True)}
-    swapped = {
+    rotate = dict(zip(ids, ids[1:] + ids[:1], strict=True))
+    rotated = {
         **truth,
         "annotations": [
             {**a, "category_id": rotate[a["category_id"]]} for a in truth["annotations"]
         ],
     }
-    path = tmp_path / "truth-classes-rotated.json"
-    path.write_text(json.dumps(swapped))
-    return coco_map(path, predictions)["mAP@0.5"]
+    top = tmp_path / "top-class-per-object.json"
+    top.write_text(json.dumps(_top_class_per_object(predictions)))
+    scores = []
+    for name, body in (("truth", truth), ("truth-rotated", rotated)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(body))
+        scores.append(coco_map(path, top)["mAP@0.5"])
+    return scores[0], scores[1]
 
 
 def _quickstart(*args: str, timeout: float = 840) -> subprocess.CompletedProcess:
@@ -87,10 +115,12 @@ def test_quickstart_runs_the_whole_loop_and_scores_the_held_out_images(tmp_path)
     assert f"{scores['mAP@0.5']:.3f}" == score.group(1)
     truth = json.loads((work / "data" / "heldout-truth.json").read_text())
     assert len(truth["images"]) == HELD_OUT and truth["annotations"]
-    # The floor tells a model that knows the classes from one that does not: the
-    # same predictions, scored against truth whose classes are rotated, miss it.
-    predictions = work / "heldout" / "annotations" / "instances_default.json"
-    assert _score_with_classes_rotated(truth, predictions, tmp_path) < MAP_FLOOR
+    # It knows the classes: its best class per object scores at most half as well
+    # against truth whose classes are rotated (a model that confused the classes
+    # would score alike on both; measured 0.44 against 0.12).
+    predictions = json.loads((work / "heldout/annotations/instances_default.json").read_text())
+    right, rotated = _scores_of_top_classes(truth, predictions, tmp_path)
+    assert rotated < right / 2, (right, rotated)
 
     # A COCO 1.0 zip as CVAT imports it: the held-out images and their predictions.
     bundle = work / "heldout-preannotated-coco.zip"

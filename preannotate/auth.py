@@ -7,6 +7,8 @@ A tokens file (YAML; JSON is YAML too) lists the callers::
         token: "a-long-random-string"
         namespaces: [team-a, team-b]
         admin: [team-a]             # roles: admin of team-a (may cancel others' jobs)
+        cvat_projects: [3, 8]       # optional: only tasks of these CVAT projects
+        cvat_organizations: [lab-a] # optional: only tasks of these CVAT organisations
       - name: ci
         sha256: "<hex SHA-256 of the token>"   # keeps the token itself out of the file
         namespaces: ["*"]                      # every namespace
@@ -21,7 +23,11 @@ header is UNAUTHENTICATED, an unknown token too. Servicers ask ``caller()``
 for the ``Access`` of the current call and use ``Access.check(namespace)``
 (PERMISSION_DENIED) or ``Access.visible(...)``; ``Access.check_admin``
 asks for the admin role of a namespace (``admin:`` in the file, a subset of
-the token's namespaces; ``["*"]``: every namespace it may use). Without a
+the token's namespaces; ``["*"]``: every namespace it may use).
+``cvat_projects`` / ``cvat_organizations`` limit the CVAT tasks a token may
+name (``Access.cvat``, a ``CvatScope``; none given: every task the service's
+CVAT token reaches); ``preannotate.cvat.scope.check_task`` asks CVAT where a
+task lies before a service exports or writes anything. Without a
 tokens file there is no interceptor and ``caller()`` answers
 ``Access.open()``, which may do everything.
 ``server_interceptors(tokens_file)`` gives a service's whole list (errors
@@ -33,6 +39,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +62,8 @@ from preannotate.grpc_errors import guarded, wrap_handler
 from preannotate.keys import NAME_PATTERN
 
 ALL = "*"
+#: A CVAT organisation slug as CVAT accepts it.
+ORG_SLUG = re.compile(r"[A-Za-z0-9_-]{1,16}")
 
 #: Methods every caller may use without a token (Kubernetes probes, grpcurl).
 OPEN_PREFIXES = (
@@ -65,6 +74,18 @@ OPEN_PREFIXES = (
 
 
 @dataclass(frozen=True)
+class CvatScope:
+    """The CVAT tasks a caller may name: None means no limit of that kind."""
+
+    projects: frozenset[int] | None = None
+    organizations: frozenset[str] | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.projects is not None or self.organizations is not None
+
+
+@dataclass(frozen=True)
 class Access:
     """What the caller of one call may see: ``namespaces`` None means every one."""
 
@@ -72,6 +93,8 @@ class Access:
     namespaces: frozenset[str] | None
     #: Namespaces where the caller holds the admin role; None: every one it may use.
     admin: frozenset[str] | None = frozenset()
+    #: The CVAT projects and organisations whose tasks the caller may name.
+    cvat: CvatScope = CvatScope()
 
     @classmethod
     def open(cls) -> Access:
@@ -119,6 +142,7 @@ class TokenEntry:
     digest: bytes
     namespaces: frozenset[str] | None
     admin: frozenset[str] | None = frozenset()
+    cvat: CvatScope = CvatScope()
 
 
 def _text(value: object) -> str:
@@ -140,6 +164,8 @@ class TokenSpec(BaseModel):
     sha256: Annotated[str | None, BeforeValidator(_optional_text)] = None
     namespaces: list[str] = Field(default_factory=list, validate_default=True)
     admin: list[str] = Field(default_factory=list)
+    cvat_projects: list[int] | None = None
+    cvat_organizations: list[str] | None = None
 
     @field_validator("name")
     @classmethod
@@ -181,6 +207,22 @@ class TokenSpec(BaseModel):
                 raise ValueError(f"{ns!r} is not a valid namespace")
         return value
 
+    @field_validator("cvat_projects")
+    @classmethod
+    def _project_ids(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(p < 1 for p in value)):
+            raise ValueError("'cvat_projects' must list CVAT project ids (1 or more)")
+        return value
+
+    @field_validator("cvat_organizations")
+    @classmethod
+    def _slugs(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not all(ORG_SLUG.fullmatch(s) for s in value)):
+            raise ValueError(
+                "'cvat_organizations' must list CVAT organisation slugs (letters, digits, '-')"
+            )
+        return value
+
     @model_validator(mode="after")
     def _admin_within(self) -> TokenSpec:
         if ALL in self.admin or ALL in self.namespaces:
@@ -206,7 +248,13 @@ class TokenSpec(BaseModel):
             digest = _from_hex(self.sha256 or "")
         spaces = None if ALL in self.namespaces else frozenset(self.namespaces)
         admin = None if ALL in self.admin else frozenset(self.admin)
-        return TokenEntry(self.name, digest, spaces, admin)
+        cvat = CvatScope(
+            projects=None if self.cvat_projects is None else frozenset(self.cvat_projects),
+            organizations=None
+            if self.cvat_organizations is None
+            else frozenset(self.cvat_organizations),
+        )
+        return TokenEntry(self.name, digest, spaces, admin, cvat)
 
 
 class TokensFile(BaseModel):
@@ -223,7 +271,7 @@ def _from_hex(text: str) -> bytes:
 
 
 SHAPE = "expected a mapping with a 'tokens' list of {name, token or sha256, namespaces, admin}"
-KEYS = "name, token, sha256, namespaces, admin"
+KEYS = "name, token, sha256, namespaces, admin, cvat_projects, cvat_organizations"
 
 
 def _problems(exc: ValidationError, data: object) -> list[str]:
@@ -340,7 +388,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         entry = self.table.lookup(token)
         if entry is None:
             raise Unauthenticated("the token is not known to this server")
-        return Access(caller=entry.name, namespaces=entry.namespaces, admin=entry.admin)
+        return Access(
+            caller=entry.name, namespaces=entry.namespaces, admin=entry.admin, cvat=entry.cvat
+        )
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

@@ -4,6 +4,8 @@
     <namespace>/models/<name>/<version>/
     <namespace>/serving/<name>/<version>/
     <namespace>/jobs/<job_id>/
+    _job-ids/<job_id>.json          which namespace holds a job id (outside every
+                                    namespace: no namespace starts with '_')
 
 Namespaces, model names and job ids match one pattern: lower-case letters,
 digits, ``-`` and ``_``, starting and ending with a letter or digit, at most
@@ -92,6 +94,11 @@ def serving_base(namespace: str, name: str) -> str:
 
 def serving_prefix(namespace: str, name: str, version: int) -> str:
     return f"{serving_base(namespace, name)}/{check_version(version)}/"
+
+
+def job_claim_key(job_id: str) -> str:
+    """Where the namespace holding ``job_id`` is recorded (created once, never moved)."""
+    return f"_job-ids/{check_name(job_id, 'job id')}.json"
 
 
 def job_prefix(namespace: str, job_id: str) -> str:

@@ -11,13 +11,24 @@ This module answers, for every service, the questions asked of what is stored:
 - whether a checkpoint is complete, one rule for all: its ``<stem>.index``
   and every data shard ``<stem>.data-<i>-of-<N>`` for i in 0..N-1, all with
   the same N (``complete_checkpoint``, ``require_checkpoint``); and its
-  download to a local folder (``download_checkpoint``).
+  download to a local folder (``download_checkpoint``);
+- beside a model's versions, under ``<ns>/models/<name>/``: its frozen
+  evaluation set (``evaluation/set.json`` and the record files it names:
+  ``read_evaluation_set``, ``create_evaluation_set``) and its promotion log
+  (``promotion/<seq>.json``, each entry created once: ``read_promotion_log``,
+  ``append_promotion``), and continuous training's records
+  (``retrain/{requested,started}/<generation>.json``, each created once:
+  ``read_retrain_records``, ``create_retrain_record``) and the corrections
+  people made to its pre-annotations (``corrections/``: ``create_proposal``,
+  ``read_proposal``, ``create_corrections``, ``read_corrections``). None of
+  these folders is a version folder.
 
 Blocking, like ``Storage``: async callers use ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,3 +230,199 @@ def download_checkpoint(
         if not (keep_existing and target.exists()):
             storage.download_file(checkpoint.folder + name, target)
     return folder / checkpoint.stem
+
+
+# --- per model, beside its versions: the evaluation set and the promotion log -------
+
+#: ``<ns>/models/<name>/evaluation/``: the model's frozen evaluation set.
+EVALUATION = "evaluation"
+#: The record of the frozen set, created once with ``put_if_absent``.
+EVALUATION_RECORD = "set.json"
+#: ``<ns>/models/<name>/promotion/<seq>.json``: the promotion log.
+PROMOTION = "promotion"
+_PROMOTION_ENTRY = re.compile(r"^(?P<seq>[1-9][0-9]{0,17})\.json$")
+
+
+def evaluation_prefix(namespace: str, name: str) -> str:
+    """``<ns>/models/<name>/evaluation/``: the frozen evaluation set's record and files."""
+    return keys.models_root(namespace, name) + EVALUATION + "/"
+
+
+def evaluation_files_prefix(namespace: str, name: str, job_id: str) -> str:
+    """Where the job that froze the set put its records: ``.../evaluation/<job_id>/``."""
+    return evaluation_prefix(namespace, name) + keys.check_name(job_id, "job id") + "/"
+
+
+def read_evaluation_set(storage: Storage, namespace: str, name: str) -> dict[str, Any] | None:
+    """The model's frozen evaluation set record, or None before its first training."""
+    key = evaluation_prefix(namespace, name) + EVALUATION_RECORD
+    try:
+        record = json.loads(storage.get(key))
+    except NotFound:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FailedPrecondition(
+            f"{key} is not JSON ({exc}); delete it to freeze a new set"
+        ) from exc
+    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
+        raise FailedPrecondition(f"{key} has no 'files' list; delete it to freeze a new set")
+    return record
+
+
+def create_evaluation_set(
+    storage: Storage, namespace: str, name: str, record: dict[str, Any]
+) -> bool:
+    """Freeze the model's evaluation set: True when this call created the record."""
+    key = evaluation_prefix(namespace, name) + EVALUATION_RECORD
+    return storage.put_if_absent(key, json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+def promotion_prefix(namespace: str, name: str) -> str:
+    """``<ns>/models/<name>/promotion/``: one entry per decision, ``<seq>.json``."""
+    return keys.models_root(namespace, name) + PROMOTION + "/"
+
+
+def read_promotion_log(storage: Storage, namespace: str, name: str) -> list[dict[str, Any]]:
+    """Every entry of the model's promotion log, oldest first (``seq`` set from the key).
+
+    Keys that are not ``<seq>.json`` (the conditional-write fallback's
+    ``<seq>.json.candidates/``) are not entries.
+    """
+    prefix = promotion_prefix(namespace, name)
+    found = []
+    for key in storage.list(prefix):
+        match = _PROMOTION_ENTRY.fullmatch(key[len(prefix) :])
+        if match:
+            found.append((int(match["seq"]), key))
+    entries = []
+    for seq, key in sorted(found):
+        try:
+            entry = json.loads(storage.get(key))
+        except NotFound:
+            continue
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FailedPrecondition(f"promotion log entry {key} is not JSON: {exc}") from exc
+        if not isinstance(entry, dict):
+            raise FailedPrecondition(f"promotion log entry {key} is not a JSON object")
+        entries.append({**entry, "seq": seq})
+    return entries
+
+
+def append_promotion(
+    storage: Storage, namespace: str, name: str, seq: int, entry: dict[str, Any]
+) -> bool:
+    """Create log entry ``seq`` (``put_if_absent``): False when another writer took it."""
+    key = promotion_prefix(namespace, name) + f"{keys.check_version(seq)}.json"
+    body = json.dumps({**entry, "seq": seq}, indent=2, sort_keys=True).encode()
+    return storage.put_if_absent(key, body)
+
+
+# --- per model, beside its versions: continuous training's records ------------------
+
+
+def _create_json(storage: Storage, key: str, record: dict[str, Any]) -> bool:
+    return storage.put_if_absent(key, json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+def _read_json(storage: Storage, key: str, what: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(storage.get(key))
+    except NotFound:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FailedPrecondition(f"{what} {key} is not JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise FailedPrecondition(f"{what} {key} is not a JSON object")
+    return record
+
+
+#: ``<ns>/models/<name>/retrain/{requested,started}/<generation>.json``: which retrains
+#: of the model were asked for and which were started (``services/gateway/retrain.py``).
+RETRAIN = "retrain"
+RETRAIN_KINDS = ("requested", "started")
+
+
+def retrain_prefix(namespace: str, name: str, kind: str) -> str:
+    """``<ns>/models/<name>/retrain/<kind>/``, ``kind`` one of ``RETRAIN_KINDS``."""
+    if kind not in RETRAIN_KINDS:
+        raise ValueError(f"retrain record kind {kind!r} is not one of {RETRAIN_KINDS}")
+    return keys.models_root(namespace, name) + f"{RETRAIN}/{kind}/"
+
+
+def read_retrain_records(
+    storage: Storage, namespace: str, name: str, kind: str
+) -> dict[int, dict[str, Any]]:
+    """The model's ``kind`` retrain records by generation (keys not ``<n>.json`` skipped)."""
+    prefix = retrain_prefix(namespace, name, kind)
+    out: dict[int, dict[str, Any]] = {}
+    for key in storage.list(prefix):
+        match = _PROMOTION_ENTRY.fullmatch(key[len(prefix) :])
+        record = _read_json(storage, key, "retrain record") if match else None
+        if record is not None:
+            out[int(match["seq"])] = record
+    return out
+
+
+def create_retrain_record(
+    storage: Storage, namespace: str, name: str, kind: str, generation: int, record: dict[str, Any]
+) -> bool:
+    """Create record ``generation`` of ``kind`` once (``put_if_absent``): False when it exists."""
+    key = retrain_prefix(namespace, name, kind) + f"{keys.check_version(generation)}.json"
+    return _create_json(storage, key, {**record, "generation": generation})
+
+
+# --- per model: the corrections a person still made (preannotate/corrections.py) ----
+
+#: ``<ns>/models/<name>/corrections/``: ``proposed/<task id>.json`` (the shapes a
+#: pre-annotation run wrote, as CVAT held them when it ended) and
+#: ``<version>/<cvat job id>.json`` (what the person changed in that job).
+CORRECTIONS = "corrections"
+
+
+def corrections_prefix(namespace: str, name: str) -> str:
+    return keys.models_root(namespace, name) + CORRECTIONS + "/"
+
+
+def proposal_key(namespace: str, name: str, task_id: int) -> str:
+    return corrections_prefix(namespace, name) + f"proposed/{keys.check_version(task_id)}.json"
+
+
+def create_proposal(
+    storage: Storage, namespace: str, name: str, task_id: int, record: dict[str, Any]
+) -> bool:
+    """Keep what a pre-annotation run proposed for CVAT task ``task_id`` (once)."""
+    return _create_json(storage, proposal_key(namespace, name, task_id), record)
+
+
+def read_proposal(
+    storage: Storage, namespace: str, name: str, task_id: int
+) -> dict[str, Any] | None:
+    return _read_json(storage, proposal_key(namespace, name, task_id), "proposal")
+
+
+def create_corrections(
+    storage: Storage, namespace: str, name: str, version: int, cvat_job: int, record: dict
+) -> bool:
+    """Store the corrections of CVAT job ``cvat_job`` to ``version``'s proposals (once)."""
+    key = (
+        corrections_prefix(namespace, name)
+        + f"{keys.check_version(version)}/{keys.check_version(cvat_job)}.json"
+    )
+    return _create_json(storage, key, record)
+
+
+_CORRECTIONS_RECORD = re.compile(r"^(?P<version>[1-9][0-9]{0,17})/(?P<job>[1-9][0-9]{0,17})\.json$")
+
+
+def read_corrections(storage: Storage, namespace: str, name: str) -> dict[int, list[dict]]:
+    """Every corrections record of the model, by version."""
+    prefix = corrections_prefix(namespace, name)
+    out: dict[int, list[dict]] = {}
+    for key in sorted(storage.list(prefix)):
+        match = _CORRECTIONS_RECORD.fullmatch(key[len(prefix) :])
+        if not match:
+            continue
+        record = _read_json(storage, key, "corrections record")
+        if record is not None:
+            out.setdefault(int(match["version"]), []).append(record)
+    return out

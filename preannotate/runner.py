@@ -13,6 +13,16 @@ start (``SettingsError``) unless ``PREANNOTATE_AUTH=none`` says so; an open
 server is logged as a warning once at start and reported as ``"auth": "none"``
 by /readyz (the embedded mode, on 127.0.0.1, is open the same way).
 
+One record, then exit: with ``PREANNOTATE_MAX_RECORDS=N`` (``preannotate run
+trainer --once`` sets 1) the process's workers take up at most N records between
+them (``preannotate.worker.RecordBudget``), fetch no more, and once the last
+one is settled (committed, dead-lettered, or left uncommitted by a stop) the
+process shuts down as on SIGTERM and ``run`` returns: one Kubernetes Job per
+training (deploy/k8s/components/trainer-jobs). With
+``PREANNOTATE_MAX_RECORDS_WAIT_SECONDS`` too, a process that took no record
+within that time stops the same way, having taken none (a Job started for a
+record another Job took). A process that consumes no topic refuses the setting.
+
 SIGTERM: readiness and gRPC health go NOT_SERVING, the workers stop taking
 records and let the current one finish (interruptible routes are asked to stop
 and leave it uncommitted), then the servers stop, the shutdown hooks run and
@@ -38,7 +48,7 @@ from preannotate.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from preannotate.status import StatusView, StatusWriter
 from preannotate.storage import Storage, open_storage
 from preannotate.telemetry.logging import configure, get_logger
-from preannotate.worker import RouteWorker
+from preannotate.worker import RecordBudget, RouteWorker
 
 
 class Runtime:
@@ -67,6 +77,7 @@ class Runtime:
             if status_view
             else None
         )
+        self.budget = record_budget(self.services)
         self.workers: list[RouteWorker] = []
         self.grpc_servers: dict[str, Any] = {}
         self.grpc_ports: dict[str, int] = {}
@@ -122,6 +133,7 @@ class Runtime:
                     storage=self.storage,
                     status_writer=self.status_writer,
                     status_view=self.status_view,
+                    budget=self.budget,
                 )
                 await worker.start()
                 self.workers.append(worker)
@@ -132,6 +144,7 @@ class Runtime:
             grpc=self.grpc_ports,
             http=self.http_ports,
             metrics=self.metrics_port,
+            max_records=self.settings.max_records or None,
         )
 
     async def stop(self) -> None:
@@ -249,6 +262,21 @@ def check_access(services: Sequence[tuple[ServiceSpec, ServiceSettings]]) -> lis
     return open_grpc
 
 
+def record_budget(services: Sequence[tuple[ServiceSpec, ServiceSettings]]) -> RecordBudget | None:
+    """The budget of ``PREANNOTATE_MAX_RECORDS`` (the first service's settings, as for
+    the rest of the process); None when it is 0 (no limit)."""
+    limit = services[0][1].max_records
+    if not limit:
+        return None
+    if not any(spec.routes for spec, _ in services):
+        names = ", ".join(spec.name for spec, _ in services)
+        raise SettingsError(
+            f"{ENV_PREFIX}MAX_RECORDS={limit} (or --once): {names} consumes no topic, so it "
+            f"would never stop; unset it for this service"
+        )
+    return RecordBudget(limit)
+
+
 async def serve(
     services: Sequence[tuple[ServiceSpec, ServiceSettings]],
     *,
@@ -257,16 +285,49 @@ async def serve(
     stop: asyncio.Event | None = None,
     started: asyncio.Future | None = None,
 ) -> None:
-    """Run ``services`` until ``stop`` is set (or SIGTERM/SIGINT when none is given)."""
+    """Run ``services`` until ``stop`` is set (or SIGTERM/SIGINT when none is given),
+    or until the records of ``PREANNOTATE_MAX_RECORDS`` are settled."""
     runtime = Runtime(services, bus=bus, storage=storage)
     stop = stop or _signal_event()
     try:
         await runtime.start()
         if started is not None and not started.done():
             started.set_result(runtime)
-        await stop.wait()
+        budget = runtime.budget
+        if budget is None:
+            await stop.wait()
+            return
+        wait = runtime.settings.max_records_wait_seconds
+        idle = asyncio.create_task(_close_when_idle(budget, wait, runtime.log)) if wait else None
+        try:
+            await _first_set([stop, budget.spent])
+        finally:
+            if idle is not None:
+                idle.cancel()
+        if budget.spent.is_set():
+            runtime.log.info(
+                "record budget spent; stopping", max_records=runtime.settings.max_records
+            )
     finally:
         await runtime.stop()
+
+
+async def _close_when_idle(budget: RecordBudget, wait: float, log: Any) -> None:
+    """Close ``budget`` when no record was taken within ``wait`` seconds."""
+    try:
+        await asyncio.wait_for(budget.taken.wait(), wait)
+    except TimeoutError:
+        log.info("no record to take; stopping", waited_seconds=wait)
+        budget.close()
+
+
+async def _first_set(events: Sequence[asyncio.Event]) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _signal_event() -> asyncio.Event:

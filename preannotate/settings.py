@@ -74,6 +74,20 @@ class ServiceSettings(BaseSettings):
     bind_host: str = "127.0.0.1"
     metrics_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     shutdown_grace_seconds: float = Field(60.0, ge=0)
+    max_records: int = Field(
+        0,
+        ge=0,
+        description="Records the process takes up before it shuts down and exits 0 (0: no "
+        "limit). 1 (`preannotate run trainer --once`) runs one training per Kubernetes Job; "
+        "a record that goes to the DLQ or is left uncommitted at SIGTERM counts.",
+    )
+    max_records_wait_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="With PREANNOTATE_MAX_RECORDS: seconds the process waits for its first "
+        "record before it exits 0 without one (0: it waits for ever), so a Job started for a "
+        "record another Job took ends.",
+    )
 
     namespace: str = "default"
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterable
 
 from google.protobuf.message import Message
 
-from preannotate import events, topics
+from preannotate import events, keys, topics
 from preannotate.bus.base import Bus
 from preannotate.errors import AlreadyExists, BadEvent
+from preannotate.storage import Storage
 from preannotate.telemetry import metrics
 from preannotate.telemetry.logging import get_logger
 from preannotate.v1 import events_pb2
@@ -144,6 +146,27 @@ def check_claim(known: JobStatus | None, job_id: str, namespace: str, kind: int)
             f"job id {job_id!r} is taken by another job; choose another job_id, "
             "or leave it empty for a new one"
         )
+
+
+def claim_job_id(storage: Storage, job_id: str, namespace: str, kind: int) -> None:
+    """Hold ``job_id`` for ``namespace`` in storage, or refuse it as ``check_claim`` does.
+
+    The status views know a job once its first status is read back; two callers
+    naming one new id at the same instant would both pass them. The record at
+    ``keys.job_claim_key`` is created once (``Storage.put_if_absent``, a
+    compare-and-swap), so exactly one namespace holds the id; the same namespace
+    and kind may name it again. Blocking (async callers use ``asyncio.to_thread``).
+    """
+    key = keys.job_claim_key(job_id)
+    record = {"namespace": namespace, "kind": events_pb2.JobKind.Name(kind)}
+    if storage.put_if_absent(key, json.dumps(record, sort_keys=True).encode("utf-8")):
+        return
+    held = json.loads(storage.get(key))
+    holder = JobStatus(job_id=job_id, namespace=str(held.get("namespace", "")))
+    kinds = events_pb2.JobKind.keys()
+    if held.get("kind") in kinds:
+        holder.kind = events_pb2.JobKind.Value(held["kind"])
+    check_claim(holder, job_id, namespace, kind)
 
 
 def moves_namespace(old: JobStatus, new: JobStatus) -> bool:

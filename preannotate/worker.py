@@ -21,8 +21,11 @@ asked to stop (``ctx.stop_requested()``, as at shutdown) and nothing more is
 written for the record: no status, ledger entry, event or commit; the
 partition's new owner runs it. On ``stop`` the worker takes no new record and
 lets the current one finish (interruptible handlers are asked to stop and leave
-it uncommitted). The worker gets the bus, storage and job status it needs;
-starting and stopping workers in order is ``preannotate.runner``'s job.
+it uncommitted). With a ``RecordBudget`` (``PREANNOTATE_MAX_RECORDS``,
+``preannotate run --once``) the workers of a process take up at most that many
+records between them, and a worker polls no more once the budget is taken. The
+worker gets the bus, storage and job status it needs; starting and stopping
+workers in order is ``preannotate.runner``'s job.
 """
 
 from __future__ import annotations
@@ -60,8 +63,59 @@ from preannotate.v1 import events_pb2
 
 #: The longest wait between two tries of a failing record.
 MAX_BACKOFF_SECONDS = 30.0
+#: Characters of an error quoted in a "retrying" job status.
+RETRY_TEXT_CHARS = 240
 
 T = TypeVar("T")
+
+
+def retry_text(exc: BaseException, attempt: int, tries: int | None, delay: float) -> str:
+    """The job status while a record waits for its next try: what failed, which try
+    comes next (of how many, unless a deadline decides) and when, e.g. "CVAT
+    unreachable (connection refused): ...; try 3 of 5 in 8 s"."""
+    what = " ".join(str(exc).split()) or type(exc).__name__
+    if len(what) > RETRY_TEXT_CHARS:
+        what = what[: RETRY_TEXT_CHARS - 3] + "..."
+    of = f" of {tries}" if tries else ""
+    return f"{what}; try {attempt + 1}{of} in {round(delay, 2):g} s"
+
+
+class RecordBudget:
+    """How many records the workers of one process may take up, all routes together.
+
+    ``spent`` is set once the last allowed record is settled (committed, dead-lettered
+    or left uncommitted at a stop or revoke), whatever its outcome, or at ``close``
+    when none is in flight.
+    """
+
+    def __init__(self, records: int) -> None:
+        if records < 1:
+            raise ValueError(f"a record budget is at least 1, not {records}")
+        self.left = records
+        self.open = 0
+        self.spent = asyncio.Event()
+        #: Set when the first record is taken.
+        self.taken = asyncio.Event()
+
+    def take(self) -> bool:
+        """Take one record; False when none is left (the record stays uncommitted)."""
+        if self.left == 0:
+            return False
+        self.left -= 1
+        self.open += 1
+        self.taken.set()
+        return True
+
+    def close(self) -> None:
+        """Take no more records; spent once those in flight are settled."""
+        self.left = 0
+        if self.open == 0:
+            self.spent.set()
+
+    def settled(self) -> None:
+        self.open -= 1
+        if self.left == 0 and self.open == 0:
+            self.spent.set()
 
 
 class RecordContext:
@@ -139,8 +193,10 @@ class RouteWorker:
         storage: Storage,
         status_writer: StatusWriter,
         status_view: StatusView | None = None,
+        budget: RecordBudget | None = None,
     ) -> None:
         self.service = service
+        self.budget = budget
         self.route = route
         self.settings = settings
         self.bus = bus
@@ -165,6 +221,7 @@ class RouteWorker:
         self.consumer.on_lost(self._on_lost)
 
     async def start(self) -> None:
+        metrics.start_route(self.service, self.route.topic)
         await self.consumer.start()
         self.task = asyncio.create_task(self._loop(), name=f"{self.service}:{self.route.topic}")
 
@@ -198,6 +255,8 @@ class RouteWorker:
 
     async def _loop(self) -> None:
         while not self.stopping.is_set():
+            if self.budget is not None and self.budget.left == 0:
+                break  # the process has taken all it may: fetch no more
             if not self._queue:
                 self._queue.extend(await self.consumer.poll(timeout=0.5))
                 self._export_lag()
@@ -205,12 +264,17 @@ class RouteWorker:
             record = self._queue.popleft()
             if not self.consumer.owns(record):
                 continue  # revoked: the new owner has it
+            if self.budget is not None and not self.budget.take():
+                break  # another route of the process took the last one
             try:
                 await self.process(record)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must outlive any one record
                 self.log.exception("record not settled", offset=record.offset)
+            finally:
+                if self.budget is not None:
+                    self.budget.settled()
         # records still queued are left uncommitted: the next owner gets them
 
     def _export_lag(self) -> None:
@@ -307,6 +371,12 @@ class RouteWorker:
                         error=str(exc),
                         attempt=attempt,
                         delay=round(delay, 3),
+                    )
+                    tries = None if unavailable_since is not None else self.settings.retry_attempts
+                    await self._status(
+                        message,
+                        events_pb2.JOB_STATE_RUNNING,
+                        retry_text(exc, attempt, tries, delay),
                     )
                     await self._keepalive(self._backoff(delay, message.job_id, revoked))
                     if revoked.is_set() or self.stopping.is_set():

@@ -1,6 +1,6 @@
 """Client commands over the inference service's InferenceService: ``annotate`` (a
-progress bar over the AnnotateTask stream) and ``predict`` (detections of local
-images).
+progress bar over the AnnotateTask stream, or plain lines where stdout is not a
+terminal: ``preannotate.cli.display``) and ``predict`` (detections of local images).
 
 The ``preannotate`` command (``preannotate.cli.main``) wires ``annotate`` and
 ``predict`` to ``add_arguments(name, parser)``, which declares the options and
@@ -31,6 +31,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from preannotate import grpc_client
+from preannotate.cli import display
 from preannotate.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50052"
@@ -79,12 +80,20 @@ async def annotate_async(
     replace: bool = False,
     organization: str = "",
     job_id: str = "",
+    tracks: bool = False,
+    review_issues: int = 0,
+    label_thresholds: dict[str, float] | None = None,
+    progress: str = "",
     connection: Connection | None = None,
     console: Console | None = None,
 ) -> int:
-    """``preannotate annotate --task 13 --model NAME``: pre-annotate with a progress bar."""
+    """``preannotate annotate --task 13 --model NAME``: pre-annotate with a progress bar
+    (``tracks``: write CVAT tracks, as a video task gets anyway; ``progress``: bar,
+    plain or none, see ``preannotate.cli.display.choose``)."""
     conn = connection or Connection.from_env()
     console = console or Console()
+    mode = display.choose(console, progress)
+    lines = display.Lines.for_mode(console, mode)
     try:
         ref = model_ref(model, namespace)
     except ValueError as exc:
@@ -96,6 +105,9 @@ async def annotate_async(
         threshold=threshold,
         mode=events_pb2.ANNOTATE_MODE_REPLACE if replace else events_pb2.ANNOTATE_MODE_APPEND,
         job_id=job_id,
+        tracks=tracks,
+        review_issues=review_issues,
+        label_thresholds=label_thresholds or {},
     )
     last: inference_pb2.AnnotateTaskProgress | None = None
     skipped: list[tuple[int, str]] = []
@@ -106,8 +118,9 @@ async def annotate_async(
         TextColumn("{task.fields[skipped]}"),
         TimeElapsedColumn(),
         console=console,
+        disable=mode != "bar",
     )
-    async with conn.channel() as channel:
+    async with conn.channel() as channel, lines.beating():
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         with bar_view:
             bar = bar_view.add_task(f"task {task}", total=None, shapes=0, skipped="")
@@ -124,6 +137,7 @@ async def annotate_async(
                         shapes=update.shapes_written,
                         skipped=f"{update.frames_skipped} skipped" if update.frames_skipped else "",
                     )
+                    lines.show(_line(task, update), key=f"{update.job_id}:{update.done}")
             except grpc.aio.AioRpcError as exc:
                 bar_view.stop()
                 code = _refused(console, exc, conn)
@@ -143,6 +157,16 @@ async def annotate_async(
             + ", ".join(last.unmatched_classes)
         )
     return OK
+
+
+def _line(task: int, update: inference_pb2.AnnotateTaskProgress) -> str:
+    """A plain progress line: ``task 13 (job-1a2b): 120/500 frames, 310 shapes, 2 skipped``."""
+    text = (
+        f"task {task} ({update.job_id}): {update.frames_done + update.frames_skipped}/"
+        f"{update.frames_total} frames, {update.shapes_written} shapes"
+    )
+    text += f", {update.frames_skipped} skipped" if update.frames_skipped else ""
+    return text + (", done" if update.done else "")
 
 
 def annotate(**options: Any) -> int:
@@ -277,6 +301,30 @@ def add_arguments(
         )
         parser.add_argument("--org", default="", help="CVAT organization slug")
         parser.add_argument("--job-id", default="", help="idempotency key / job id to use")
+        parser.add_argument(
+            "--tracks",
+            action="store_true",
+            help="write CVAT tracks (boxes linked across frames, keyframes only) instead of "
+            "one shape per frame; a video task gets tracks without it",
+        )
+        parser.add_argument(
+            "--review-issues",
+            type=int,
+            default=0,
+            metavar="N",
+            help="open up to N CVAT issues per job on the frames where the model was least "
+            "sure, for reviewers to start from (default 0: none)",
+        )
+        parser.add_argument(
+            "--label-threshold",
+            action="append",
+            default=[],
+            type=_label_threshold,
+            metavar="LABEL=SCORE",
+            help="a label's own threshold (repeatable), e.g. --label-threshold cat=0.7; the "
+            "other labels use --threshold",
+        )
+        display.add_option(parser)
         return lambda ns: annotate(
             task=ns.task,
             model=ns.model,
@@ -286,6 +334,10 @@ def add_arguments(
             replace=ns.replace,
             organization=ns.org,
             job_id=ns.job_id,
+            tracks=ns.tracks,
+            review_issues=ns.review_issues,
+            label_thresholds=dict(ns.label_threshold),
+            progress=ns.progress,
         )
     if name == "predict":
         parser.add_argument("images", nargs="+", type=Path, help="JPEG or PNG files")
@@ -307,3 +359,15 @@ COMMANDS = {
     "annotate": "pre-annotate a CVAT task with a model, with a progress bar",
     "predict": "print (or save) a model's detections on local images",
 }
+
+
+def _label_threshold(text: str) -> tuple[str, float]:
+    """``LABEL=SCORE`` of ``--label-threshold``, the score in 0..1."""
+    label, sep, value = text.rpartition("=")
+    try:
+        score = float(value)
+    except ValueError:
+        score = -1.0
+    if not sep or not label or not 0 <= score <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give LABEL=SCORE with a score in 0..1")
+    return label, score

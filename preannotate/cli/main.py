@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("preannotate.cli.training", "list jobs"),
     "models": ("preannotate.cli.training", "list ready models"),
     "model-types": ("preannotate.cli.training", "list the model catalog"),
+    "promote": ("preannotate.cli.training", "make a model version the one that serves (admin)"),
+    "rollback": ("preannotate.cli.training", "serve the version promoted before (admin)"),
     "annotate": ("preannotate.cli.inference", "pre-annotate a CVAT task with a model"),
     "predict": ("preannotate.cli.inference", "run a model on image files"),
     "weights": ("preannotate.cli.weights", "list, pull or import the pretrained weights"),

@@ -51,6 +51,9 @@ def add_arguments(_name: str, parser: argparse.ArgumentParser):
     parser.add_argument(
         "--annotate-task", type=int, default=0, help="with --cvat-url: the task to pre-annotate"
     )
+    from preannotate.cli import display
+
+    display.add_option(parser)
     parser.add_argument(
         "--cvat-token",
         default=os.environ.get("PREANNOTATE_CVAT_TOKEN", ""),
@@ -123,6 +126,7 @@ async def _run(args: argparse.Namespace, console) -> int:
         timeout=args.timeout,
         console=console,
         cvat=cvat,
+        progress=args.progress,
     )
 
     converted, done = result["converted"], result["preannotated"]

@@ -1,5 +1,6 @@
 """Client commands over the gateway's TrainingService: train (with a live progress
-bar), watch, cancel, jobs, models, model-types.
+bar, or plain lines where stdout is not a terminal: ``preannotate.cli.display``),
+watch, cancel, jobs, models, model-types, promote, rollback.
 
 The ``preannotate`` command (``preannotate.cli.main``) lets
 ``add_arguments(name, parser)`` declare a command's options and hand back its
@@ -28,6 +29,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from preannotate import grpc_client
+from preannotate.cli import display
 from preannotate.status import TERMINAL, stage_name, state_name
 from preannotate.v1 import common_pb2, events_pb2, training_pb2, training_pb2_grpc
 
@@ -76,10 +78,12 @@ async def train_async(
     namespace: str = "",
     request_id: str = "",
     follow: bool = True,
+    progress: str = "",
     connection: Connection | None = None,
     console: Console | None = None,
 ) -> int:
-    """``preannotate train``: ask for a model, print the job id, follow it to its end."""
+    """``preannotate train``: ask for a model, print the job id, follow it to its end
+    (``progress``: bar, plain or none; see ``preannotate.cli.display.choose``)."""
     conn = connection or Connection.from_env()
     console = console or Console()
     request = training_pb2.CreateAnnotationModelRequest(
@@ -102,18 +106,50 @@ async def train_async(
         console.print(reply.job_id)
         if not follow:
             return OK
-        return await _follow(stub, reply.job_id, conn, console)
+        return await _follow(stub, reply.job_id, conn, console, progress)
 
 
 async def watch_async(
-    job_id: str, *, connection: Connection | None = None, console: Console | None = None
+    job_id: str,
+    *,
+    progress: str = "",
+    connection: Connection | None = None,
+    console: Console | None = None,
 ) -> int:
-    """``preannotate watch JOB``: follow a job with a progress bar until it ends."""
+    """``preannotate watch JOB``: follow a job with a progress bar until it ends
+    (``JOB``: its id or, as ``jobs`` shows it, a prefix that names one job)."""
     conn = connection or Connection.from_env()
     console = console or Console()
     async with conn.channel() as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
-        return await _follow(stub, job_id, conn, console)
+        try:
+            job_id = await _full_id(stub, job_id, conn)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return REFUSED
+        return await _follow(stub, job_id, conn, console, progress)
+
+
+async def _full_id(stub, job_id: str, conn: Connection) -> str:
+    """``job_id``, or the one visible job whose id starts with it (``jobs`` shows 12 chars).
+
+    Where the jobs cannot be listed, ``job_id`` as given: the call that follows
+    (WatchJob, CancelJob) says what is wrong with it.
+    """
+    try:
+        reply = await stub.ListJobs(training_pb2.ListJobsRequest(), metadata=conn.metadata())
+    except grpc.aio.AioRpcError:
+        return job_id
+    ids = [job.job_id for job in reply.jobs]
+    if job_id in ids:
+        return job_id
+    matches = [each for each in ids if each.startswith(job_id)]
+    if len(matches) > 1:
+        raise ValueError(
+            f"{job_id!r} names {len(matches)} jobs ({', '.join(sorted(matches)[:5])}); "
+            "give more of the id (preannotate jobs --wide shows it whole)"
+        )
+    return matches[0] if matches else job_id  # none: the gateway says it is not found
 
 
 def _describe(status: events_pb2.JobStatus) -> str:
@@ -121,7 +157,7 @@ def _describe(status: events_pb2.JobStatus) -> str:
     return f"{text} - {status.message}" if status.message else text
 
 
-def _figures(status: events_pb2.JobStatus) -> str:
+def _figures(status: events_pb2.JobStatus, sep: str = "  ") -> str:
     p = status.progress
     parts = []
     if p.total:
@@ -132,7 +168,7 @@ def _figures(status: events_pb2.JobStatus) -> str:
         parts.append(f"{p.images_per_second:.1f} img/s")
     if p.eta_seconds:
         parts.append(f"eta {_duration(p.eta_seconds)}")
-    return "  ".join(parts)
+    return sep.join(parts)
 
 
 def _duration(seconds: float) -> str:
@@ -142,8 +178,16 @@ def _duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-async def _follow(stub, job_id: str, conn: Connection, console: Console) -> int:
+def _line(status: events_pb2.JobStatus) -> str:
+    """A plain progress line: ``train: running, step 300/600, loss 0.4100, ...``."""
+    figures = _figures(status, ", ")
+    return f"{_describe(status)}, {figures}" if figures else _describe(status)
+
+
+async def _follow(stub, job_id: str, conn: Connection, console: Console, mode: str = "") -> int:
     last: events_pb2.JobStatus | None = None
+    mode = display.choose(console, mode)
+    lines = display.Lines.for_mode(console, mode)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -152,33 +196,39 @@ async def _follow(stub, job_id: str, conn: Connection, console: Console) -> int:
         TimeElapsedColumn(),
         console=console,
         transient=False,
+        disable=mode != "bar",
     )
     reconnects = 0
-    with progress:
-        bar = progress.add_task(job_id, total=None, figures="")
-        while True:
-            try:
-                async for status in stub.WatchJob(
-                    training_pb2.GetJobRequest(job_id=job_id), metadata=conn.metadata()
-                ):
-                    last = status
-                    if status.progress.total:  # stages without steps keep the last bar
-                        progress.update(
-                            bar, total=status.progress.total, completed=status.progress.step
-                        )
-                    if status.state == events_pb2.JOB_STATE_SUCCEEDED:
-                        done = progress.tasks[0].total or 1
-                        progress.update(bar, total=done, completed=done)
-                    progress.update(bar, description=_describe(status), figures=_figures(status))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or reconnects >= RECONNECTS:
-                    progress.stop()
-                    return _refused(console, exc, conn)
-            if (last is not None and last.state in TERMINAL) or reconnects >= RECONNECTS:
-                break
-            reconnects += 1  # the gateway went away mid-stream (a restart): follow again
-            await asyncio.sleep(min(2.0**reconnects, 30.0))
+    async with lines.beating():
+        with progress:
+            bar = progress.add_task(job_id, total=None, figures="")
+            while True:
+                try:
+                    async for status in stub.WatchJob(
+                        training_pb2.GetJobRequest(job_id=job_id), metadata=conn.metadata()
+                    ):
+                        last = status
+                        _show(progress, bar, status)
+                        lines.show(_line(status), key=f"{status.stage}:{status.state}")
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or reconnects >= RECONNECTS:
+                        progress.stop()
+                        return _refused(console, exc, conn)
+                if (last is not None and last.state in TERMINAL) or reconnects >= RECONNECTS:
+                    break
+                reconnects += 1  # the gateway went away mid-stream (a restart): follow again
+                await asyncio.sleep(min(2.0**reconnects, 30.0))
     return _ending(console, job_id, last)
+
+
+def _show(progress: Progress, bar, status: events_pb2.JobStatus) -> None:
+    """Move the bar to ``status`` (stages without steps keep the last bar)."""
+    if status.progress.total:
+        progress.update(bar, total=status.progress.total, completed=status.progress.step)
+    if status.state == events_pb2.JOB_STATE_SUCCEEDED:
+        done = progress.tasks[0].total or 1
+        progress.update(bar, total=done, completed=done)
+    progress.update(bar, description=_describe(status), figures=_figures(status))
 
 
 def _ending(console: Console, job_id: str, status: events_pb2.JobStatus | None) -> int:
@@ -217,10 +267,12 @@ async def jobs_async(
     *,
     namespace: str = "",
     states: Sequence[str] = (),
+    wide: bool = False,
     connection: Connection | None = None,
     console: Console | None = None,
 ) -> int:
-    """``preannotate jobs``: a table of the jobs the caller may see (``states``: e.g. running)."""
+    """``preannotate jobs``: a table of the jobs the caller may see (``states``: e.g. running);
+    compact enough for 80 columns (ids cut to ``SHORT_ID``), or every field with ``wide``."""
     conn = connection or Connection.from_env()
     console = console or Console()
     wanted = []
@@ -236,6 +288,84 @@ async def jobs_async(
     )
     if reply is None:
         return code
+    if not reply.jobs:
+        console.print("no jobs")
+    elif wide:
+        console.print(_wide_jobs(reply.jobs))
+    else:
+        for line in _compact_jobs(reply.jobs, datetime.now(UTC), console.width):
+            console.print(line, markup=False, highlight=False, no_wrap=True, crop=True)
+    return OK
+
+
+#: Characters of a job id ``jobs`` shows ("job-" and 8 hex digits); ``watch`` and
+#: ``cancel`` take such a prefix.
+SHORT_ID = 12
+
+
+def _kind(job: events_pb2.JobStatus) -> str:
+    return events_pb2.JobKind.Name(job.kind).removeprefix("JOB_KIND_").lower()
+
+
+def _compact_jobs(jobs: Sequence[events_pb2.JobStatus], now: datetime, width: int) -> list[str]:
+    """id, kind, state, stage, progress %, age, namespace/model in ``width`` columns (80
+    and up; only namespace/model gives way, cut with an ellipsis), and under a job not
+    yet succeeded its status text (what it waits for, why it failed, its retries)."""
+    rows = []
+    for job in jobs:
+        p = job.progress
+        if job.state == events_pb2.JOB_STATE_SUCCEEDED:
+            percent = "100%"
+        else:
+            percent = f"{100 * p.step // p.total}%" if p.total else ""
+        model = job.model.name or job.training.model_name
+        rows.append(
+            [
+                job.job_id[:SHORT_ID],
+                _kind(job),
+                state_name(job.state),
+                stage_name(job.stage),
+                percent,
+                _age(job.created_at.seconds or job.updated_at.seconds, now),
+                f"{job.namespace}/{model}" if model else job.namespace,
+            ]
+        )
+    headers = ["job", "kind", "state", "stage", "done", "age", "model"]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    widths[-1] = max(8, width - sum(widths[:-1]) - 2 * (len(headers) - 1))  # 2 between
+
+    def line(cells: list[str]) -> str:
+        cut = [_cut(cell, size) for cell, size in zip(cells, widths, strict=True)]
+        padded = [
+            c.rjust(w) if h == "done" else c.ljust(w)
+            for c, w, h in zip(cut, widths, headers, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    out = [line(headers)]
+    for job, row in zip(jobs, rows, strict=True):
+        out.append(line(row))
+        if job.message and job.state != events_pb2.JOB_STATE_SUCCEEDED:
+            out.append(_cut(f"  {job.message}", width))
+    return out
+
+
+def _cut(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: size - 1] + "…"
+
+
+def _age(seconds: int, now: datetime) -> str:
+    """``45s``, ``12m``, ``3h``, ``5d`` since ``seconds`` (a Unix time), as kubectl writes it."""
+    if not seconds:
+        return ""
+    age = max(0, int(now.timestamp()) - seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age >= size:
+            return f"{age // size}{unit}"
+    return f"{age}s"
+
+
+def _wide_jobs(jobs: Sequence[events_pb2.JobStatus]) -> Table:
     table = Table(
         "job",
         "namespace",
@@ -248,13 +378,13 @@ async def jobs_async(
         "updated",
         "message",
     )
-    for job in reply.jobs:
+    for job in jobs:
         p = job.progress
         model = job.model.name or job.training.model_name
         table.add_row(
             job.job_id,
             job.namespace,
-            events_pb2.JobKind.Name(job.kind).removeprefix("JOB_KIND_").lower(),
+            _kind(job),
             stage_name(job.stage),
             state_name(job.state),
             f"{p.step}/{p.total}" if p.total else "",
@@ -263,8 +393,7 @@ async def jobs_async(
             _when(job.updated_at),
             job.message,
         )
-    console.print(table if reply.jobs else "no jobs")
-    return OK
+    return table
 
 
 async def models_async(
@@ -279,20 +408,45 @@ async def models_async(
     if reply is None:
         return code
     table = Table(
-        "model", "version", "type", "start", "classes", "metrics", "serving", "job", "created"
+        "model",
+        "version",
+        "status",
+        "type",
+        "start",
+        "classes",
+        "metrics",
+        "corrections",
+        "eval set",
+        "serving",
+        "job",
+        "created",
     )
     for m in reply.models:
         classes = ", ".join(m.classes[:5]) + (
             f" (+{len(m.classes) - 5})" if len(m.classes) > 5 else ""
         )
-        metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(m.metrics.items())[:3])
+        measured = sorted((k, v) for k, v in m.metrics.items() if not k.startswith("corrections/"))
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in measured[:3])
+        fixes = m.metrics.get("corrections/per_100_objects")
+        corrections = "-"
+        if fixes is not None:
+            corrections = (
+                f"{fixes:.1f}/100 objects, {m.metrics['corrections/per_frame']:.2f}/frame "
+                f"({int(m.metrics['corrections/jobs'])} jobs)"
+            )
+        status = m.status or "-"
+        if m.status_reason and m.status != "previous":
+            status += f" ({m.status_reason})"
         table.add_row(
             f"{m.ref.namespace}/{m.ref.name}",
             str(m.ref.version),
+            status,
             m.model_type,
             m.start or "-",
             classes,
             metrics,
+            corrections,
+            m.evaluation_set or "-",
             "yes" if m.serving_path else "not yet",
             m.job_id,
             _when(m.created_at),
@@ -338,14 +492,59 @@ async def model_types_async(
 async def cancel_async(
     job_id: str, *, connection: Connection | None = None, console: Console | None = None
 ) -> int:
-    """``preannotate cancel JOB``: ask a job to stop."""
+    """``preannotate cancel JOB``: ask a job to stop (``JOB``: its id or a prefix of one)."""
     conn = connection or Connection.from_env()
     console = console or Console()
+    async with conn.channel() as channel:
+        try:
+            job_id = await _full_id(training_pb2_grpc.TrainingServiceStub(channel), job_id, conn)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return REFUSED
     reply, code = await _call(conn, console, "CancelJob", training_pb2.GetJobRequest(job_id=job_id))
     if reply is None:
         return code
     console.print(f"job {job_id}: {state_name(reply.state)} - {reply.message}")
     return OK
+
+
+async def _change(conn: Connection | None, console: Console | None, method: str, request) -> int:
+    """Call a PromoteModel / RollbackModel and print what the gateway answered."""
+    conn = conn or Connection.from_env()
+    console = console or Console()
+    reply, code = await _call(conn, console, method, request)
+    if reply is not None:
+        console.print(reply.message)
+    return code
+
+
+async def promote_async(
+    name: str,
+    version: int,
+    *,
+    namespace: str = "",
+    reason: str = "",
+    connection: Connection | None = None,
+    console: Console | None = None,
+) -> int:
+    """``preannotate promote NAME VERSION``: make that version the one that serves."""
+    request = training_pb2.PromoteModelRequest(
+        namespace=namespace, name=name, version=version, reason=reason
+    )
+    return await _change(connection, console, "PromoteModel", request)
+
+
+async def rollback_async(
+    name: str,
+    *,
+    namespace: str = "",
+    reason: str = "",
+    connection: Connection | None = None,
+    console: Console | None = None,
+) -> int:
+    """``preannotate rollback NAME``: serve the version promoted before the current one."""
+    request = training_pb2.RollbackModelRequest(namespace=namespace, name=name, reason=reason)
+    return await _change(connection, console, "RollbackModel", request)
 
 
 # --- the synchronous commands -------------------------------------------------------
@@ -376,6 +575,14 @@ def cancel(job_id: str, **options) -> int:
     return asyncio.run(cancel_async(job_id, **options))
 
 
+def promote(name: str, version: int, **options) -> int:
+    return asyncio.run(promote_async(name, version, **options))
+
+
+def rollback(name: str, **options) -> int:
+    return asyncio.run(rollback_async(name, **options))
+
+
 # --- argparse wiring (for ``preannotate.cli.main``) --------------------------------------
 
 
@@ -396,6 +603,7 @@ def add_arguments(
         parser.add_argument(
             "--no-follow", dest="follow", action="store_false", help="print the job id and return"
         )
+        display.add_option(parser)
         keys = (
             "task",
             "model",
@@ -407,12 +615,16 @@ def add_arguments(
             "namespace",
             "request_id",
             "follow",
+            "progress",
         )
         return lambda ns: train(**{k: getattr(ns, k) for k in keys})
-    if name in ("watch", "cancel"):
-        parser.add_argument("job_id", help="the job id")
-        command = watch if name == "watch" else cancel
-        return lambda ns: command(ns.job_id)
+    if name == "watch":
+        parser.add_argument("job_id", help="the job id (or a prefix naming one job)")
+        display.add_option(parser)
+        return lambda ns: watch(ns.job_id, progress=ns.progress)
+    if name == "cancel":
+        parser.add_argument("job_id", help="the job id (or a prefix naming one job)")
+        return lambda ns: cancel(ns.job_id)
     if name == "jobs":
         parser.add_argument("--namespace", default="", help="only this namespace")
         parser.add_argument(
@@ -422,13 +634,25 @@ def add_arguments(
             default=[],
             help="only jobs in this state (repeatable): queued, running, ...",
         )
-        return lambda ns: jobs(namespace=ns.namespace, states=ns.states)
+        parser.add_argument(
+            "--wide", action="store_true", help="every field, full ids (default: fits 80 columns)"
+        )
+        return lambda ns: jobs(namespace=ns.namespace, states=ns.states, wide=ns.wide)
     if name == "models":
         parser.add_argument("--namespace", default="", help="namespace (the gateway's default)")
         return lambda ns: models(namespace=ns.namespace)
     if name == "model-types":
         parser.add_argument("-v", "--verbose", action="store_true", help="list every argument")
         return lambda ns: model_types(verbose=ns.verbose)
+    if name in ("promote", "rollback"):
+        parser.add_argument("name", help="the model name")
+        if name == "promote":
+            parser.add_argument("version", type=int, help="the version to serve")
+        parser.add_argument("--namespace", default="", help="namespace (the gateway's default)")
+        parser.add_argument("--reason", default="", help="why, for the promotion log")
+        if name == "promote":
+            return lambda ns: promote(ns.name, ns.version, namespace=ns.namespace, reason=ns.reason)
+        return lambda ns: rollback(ns.name, namespace=ns.namespace, reason=ns.reason)
     raise ValueError(f"no gateway command {name!r}; have {', '.join(COMMANDS)}")
 
 
@@ -440,4 +664,6 @@ COMMANDS = {
     "models": "list ready models",
     "model-types": "list the model catalog",
     "cancel": "ask a job to stop",
+    "promote": "make a model version the one that serves (admin)",
+    "rollback": "serve the version promoted before the current one (admin)",
 }

@@ -4,8 +4,9 @@ Works on the deployment's storage directly, built from the same settings the
 services read (``PREANNOTATE_STORAGE``, ``PREANNOTATE_STORAGE_ROOT``,
 ``PREANNOTATE_S3_*``), with the mirror settings ``PREANNOTATE_WEIGHTS_MIRROR``,
 ``PREANNOTATE_WEIGHTS_URLS`` and ``PREANNOTATE_WEIGHTS_TIMEOUT_SECONDS``
-(docs/weights.md). Exit codes: 0 done, 1 a pull or import was refused, 2 bad
-input.
+(docs/weights.md). ``pull`` shows a bar per download on a terminal, plain lines
+elsewhere (``--progress``, ``preannotate.cli.display``). Exit codes: 0 done, 1 a
+pull or import was refused, 2 bad input.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from preannotate.cli import display
 from preannotate.errors import FailedPrecondition, InvalidArgument
 
 OK, FAILED, BAD_INPUT = 0, 1, 2
@@ -33,6 +35,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser):
     sub.add_parser("list", help="each model type's weights: source, what they cover, installed")
     pull = sub.add_parser("pull", help="download, verify and store weights (all when none named)")
     pull.add_argument("models", nargs="*", metavar="MODEL", help="model types (default: all)")
+    display.add_option(pull)
     imp = sub.add_parser("import", help="store a file downloaded elsewhere (air-gapped sites)")
     imp.add_argument("model", metavar="MODEL")
     imp.add_argument("file", type=Path, metavar="FILE", help="an archive, an .h5, or a .index")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             return list_weights(store, console)
         if args.action == "pull":
-            return pull(store, args.models, console)
+            return pull(store, args.models, console, progress=args.progress)
         return import_file(store, args.model, args.file, console)
     except InvalidArgument as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -81,10 +84,19 @@ def list_weights(store, console: Console) -> int:
     return OK
 
 
-def pull(store, models: list[str], console: Console) -> int:
+def _megabytes(done: int, total: int | None) -> str:
+    if not total:
+        return f"{done / 1e6:.1f} MB"
+    return f"{done / 1e6:.1f} of {total / 1e6:.1f} MB ({100 * done // total} %)"
+
+
+def pull(store, models: list[str], console: Console, *, progress: str = "") -> int:
+    """Download, verify and store each model type's weights (``progress``: bar, plain, none)."""
     from preannotate.weights import source_for, sources
 
     chosen = [source_for(m) for m in models] if models else sources()
+    mode = display.choose(console, progress)
+    lines = display.Lines.for_mode(console, mode)
     status = OK
     for source in chosen:
         with Progress(
@@ -94,14 +106,19 @@ def pull(store, models: list[str], console: Console) -> int:
             TransferSpeedColumn(),
             console=console,
             transient=True,
+            disable=mode != "bar",
         ) as bar:
             task = bar.add_task(source.model_type, total=None)
 
-            def progress(done: int, total: int | None, task=task, bar=bar) -> None:
+            def report(
+                done: int, total: int | None, task=task, bar=bar, name=source.model_type
+            ) -> None:
                 bar.update(task, completed=done, total=total)
+                finished = bool(total) and done >= total  # a line as each file starts and ends
+                lines.show(f"{name}: {_megabytes(done, total)}", key=f"{name} {finished}")
 
             try:
-                found = store.pull(source.model_type, progress=progress)
+                found = store.pull(source.model_type, progress=report)
             except FailedPrecondition as exc:
                 bar.stop()
                 console.print(f"[red]error:[/red] {exc}")

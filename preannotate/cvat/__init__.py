@@ -10,6 +10,7 @@
 - ``client``: ``CvatClient`` (aiohttp) for every endpoint preannotate uses, and
   ``connect``, the client a ``CvatRef`` names;
 - ``export``: the dataset export flow (request, poll, download);
+- ``readiness``: whether a task's data is processed yet (``data_pending``);
 - ``coco``: the frame of a "COCO 1.0" file as CVAT exports it.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from preannotate.cvat.client import CvatClient, connect
 from preannotate.cvat.errors import Retryable, http_error, retryable_status, with_retries
+from preannotate.cvat.readiness import WAITING, data_pending
 from preannotate.cvat.refs import (
     check_origin,
     check_same_server,
@@ -35,6 +37,7 @@ from preannotate.cvat.settings import (
 
 __all__ = [
     "MISSING_TOKEN",
+    "WAITING",
     "AuthScheme",
     "CvatClient",
     "CvatConnection",
@@ -44,6 +47,7 @@ __all__ = [
     "check_same_server",
     "connect",
     "cvat_headers",
+    "data_pending",
     "file_ref_path",
     "http_error",
     "is_file_ref",

@@ -3,11 +3,15 @@
     POST  /api/tasks/{id}/dataset/export?format=...&save_images=true   (``export``)
     GET   /api/requests/{rq_id}                          an export's progress
     GET   <result_url>                                   streamed to a file (``download``)
+    GET   /api/tasks/{id}                                the task (``size``, ``jobs.count``)
+    GET   /api/requests?action=create&task_id=           its data being processed
+    GET   /api/tasks/{id}/status                         the same, on CVAT before /api/requests
     GET   /api/tasks/{id}/data/meta                      frames, deleted frames
     GET   /api/tasks/{id}/data?type=frame&number=N&quality=original
     GET   /api/labels?task_id=        GET /api/jobs?task_id=        (paginated)
     GET   /api/jobs/{id}/annotations
     PATCH /api/jobs/{id}/annotations?action=create|delete           (in chunks)
+    GET   /api/issues?job_id=       POST /api/issues      review issues on a frame
 
 Every request carries ``preannotate.cvat.settings``' headers and goes through
 the one error mapping and retry policy (``preannotate.cvat.errors``). The token
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -183,6 +188,18 @@ class CvatClient:
         """A background request's state (``status``, ``progress``, ``result_url``...)."""
         return await self.request("GET", f"/api/requests/{rq_id}")
 
+    async def task(self, task_id: int) -> dict[str, Any]:
+        return await self.request("GET", f"/api/tasks/{task_id}")
+
+    async def data_requests(self, task_id: int) -> list[dict[str, Any]]:
+        """The background requests processing the task's data (newest first); CVAT
+        versions without the requests API answer 404 (``NotFound``)."""
+        return await self.paged("/api/requests", {"action": "create", "task_id": task_id})
+
+    async def legacy_task_status(self, task_id: int) -> dict[str, Any]:
+        """The deprecated ``/status``: ``{"state": Queued|Started|Finished|Failed, "message"}``."""
+        return await self.request("GET", f"/api/tasks/{task_id}/status")
+
     async def data_meta(self, task_id: int) -> dict[str, Any]:
         return await self.request("GET", f"/api/tasks/{task_id}/data/meta")
 
@@ -219,10 +236,35 @@ class CvatClient:
             )
         return len(shapes)
 
+    async def issues(self, job_id: int) -> list[dict[str, Any]]:
+        """The job's review issues (``frame``, ``position``, ``resolved``...)."""
+        return await self.paged("/api/issues", {"job_id": job_id})
+
+    async def create_issue(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Open a review issue: ``{"job", "frame", "position", "message"}``."""
+        return await self.request("POST", "/api/issues", body=body)
+
 
 def _broken(what: str, exc: BaseException) -> Retryable:
-    """A try that got no answer (a timeout, a broken connection)."""
-    return Retryable(f"{what} failed: {type(exc).__name__} {exc}".strip())
+    """A try that got no answer (a timeout, a broken connection); the message
+    starts with what a person should read first ("CVAT unreachable (connection
+    refused)")."""
+    return Retryable(f"{_why(exc)}: {what} failed: {type(exc).__name__} {exc}".strip())
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return "CVAT did not answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error
+        if isinstance(cause, ConnectionRefusedError):
+            return "CVAT unreachable (connection refused)"
+        if isinstance(cause, socket.gaierror):
+            return "CVAT unreachable (host name not found)"
+        return f"CVAT unreachable ({cause.strerror or type(cause).__name__})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "CVAT closed the connection"
+    return "the connection to CVAT broke"
 
 
 def connect(settings: CvatSettings, ref: common_pb2.CvatRef) -> CvatClient:

@@ -45,10 +45,12 @@ async def run_embedded(
     console,
     cvat: dict | None = None,
     model_name: str = "shapes",
+    progress: str = "",
 ):
     """Train ``model_type`` by ``arguments`` on ``train_source``, pre-annotate ``target``.
 
     Logs go to ``work/quickstart.log``; returns ``(loop, {"converted", "preannotated"})``.
+    ``progress``: bar, plain or none (``preannotate.cli.display.choose``).
     """
     from preannotate.bus import MemoryBus
     from preannotate.cli.up import embedded_settings
@@ -73,7 +75,7 @@ async def run_embedded(
             annotate_target=target,
             threshold=threshold,
         )
-        result = await run_loop(runtime, loop, console, timeout)
+        result = await run_loop(runtime, loop, console, timeout, progress=progress)
     finally:
         await runtime.stop()
         log_file.flush()

@@ -6,8 +6,9 @@
    as a CVAT COCO export) → pre-annotation, written as a CVAT-importable
    ``annotations/instances_default.json``.
 
-Each stage shows a progress bar fed by the job status view. With a CVAT URL,
-the same loop runs on real CVAT tasks instead.
+Each stage shows a progress bar fed by the job status view (plain lines where
+stdout is not a terminal: ``preannotate.cli.display``). With a CVAT URL, the
+same loop runs on real CVAT tasks instead.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from preannotate import events, topics
+from preannotate.cli import display
 from preannotate.errors import FailedPrecondition
-from preannotate.status import TERMINAL, stage_name
+from preannotate.status import TERMINAL, stage_name, state_name
 from preannotate.v1 import common_pb2, events_pb2
 
 STAGE_TITLES = {
@@ -49,11 +51,41 @@ class Loop:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-async def follow(runtime, job_id: str, console: Console, title: str) -> events_pb2.JobStatus:
-    """Show the job's stages as progress bars until it ends; returns its last status."""
-    view = runtime.status_view
-    bars: dict[int, int] = {}
-    last = None
+def _note(status: events_pb2.JobStatus, width: int = 60) -> str:
+    """The figures of a stage with steps (loss, speed), else its message (``width`` chars)."""
+    p = status.progress
+    bits = []
+    if p.total and p.loss:
+        bits.append(f"loss {p.loss:.3f}")
+    if p.total and p.images_per_second:
+        bits.append(f"{p.images_per_second:.1f} img/s")
+    return ", ".join(bits) or status.message[:width]
+
+
+def _line(title: str, status: events_pb2.JobStatus) -> str:
+    """A plain progress line: ``model train: running, step 300/600, loss 0.410, 5.1 img/s``."""
+    name = STAGE_TITLES.get(status.stage, stage_name(status.stage))
+    text = f"{title} {name}: {state_name(status.state)}"
+    if status.progress.total:
+        text += f", step {status.progress.step}/{status.progress.total}"
+    note = _note(status, width=300)  # a log line is not a bar's column
+    return f"{text}, {note}" if note else text
+
+
+async def follow(
+    runtime,
+    job_id: str,
+    console: Console,
+    title: str,
+    *,
+    progress: str = "",
+    lines: display.Lines | None = None,
+) -> events_pb2.JobStatus:
+    """Show the job's stages as progress bars (or ``lines``) until it ends; returns its
+    last status. ``progress``: bar, plain or none (``preannotate.cli.display.choose``)."""
+    mode = display.choose(console, progress)
+    if lines is None:
+        lines = display.Lines.for_mode(console, mode)
     columns = (
         TextColumn("{task.description:<14}"),
         BarColumn(),
@@ -61,42 +93,54 @@ async def follow(runtime, job_id: str, console: Console, title: str) -> events_p
         TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        async for status in view.watch(job_id):
-            last = status
-            stage = status.stage
-            if stage not in bars:
-                for task in bars.values():  # the earlier stages are done
-                    if not bar.tasks[task].finished:
-                        total = bar.tasks[task].total or 1
-                        bar.update(task, completed=total, total=total, note="done")
-                        bar.stop_task(task)
-                name = STAGE_TITLES.get(stage, stage_name(stage))
-                bars[stage] = bar.add_task(f"{title} {name}", total=None, note="")
-            p = status.progress
-            note = status.message[:60]
-            if p.total:
-                bits = []
-                if p.loss:
-                    bits.append(f"loss {p.loss:.3f}")
-                if p.images_per_second:
-                    bits.append(f"{p.images_per_second:.1f} img/s")
-                note = ", ".join(bits) or note
-                bar.update(bars[stage], completed=p.step, total=p.total, note=note)
-            else:
-                bar.update(bars[stage], note=note)
-            if status.state in TERMINAL:
-                task = bars[stage]
-                total = bar.tasks[task].total or 1
-                if status.state == events_pb2.JOB_STATE_SUCCEEDED:
-                    bar.update(task, completed=total, total=total)
-                break
+    bar_view = Progress(*columns, console=console, transient=False, disable=mode != "bar")
+    async with lines.beating():
+        with bar_view as bar:
+            last = await _show(runtime.status_view, job_id, title, bar, lines)
     assert last is not None
     return last
 
 
-async def run_loop(runtime, loop: Loop, console: Console, timeout: float) -> dict:
-    """Train, convert and pre-annotate; returns what the events said."""
+async def _show(
+    view, job_id: str, title: str, bar: Progress, lines: display.Lines
+) -> events_pb2.JobStatus | None:
+    """Feed the job's statuses to a bar per stage and to ``lines``, until it ends."""
+    bars: dict[int, int] = {}
+    last = None
+    async for status in view.watch(job_id):
+        last = status
+        lines.show(_line(title, status), key=f"{title} {status.stage}:{status.state}")
+        stage = status.stage
+        if stage not in bars:
+            for task in bars.values():  # the earlier stages are done
+                if not bar.tasks[task].finished:
+                    total = bar.tasks[task].total or 1
+                    bar.update(task, completed=total, total=total, note="done")
+                    bar.stop_task(task)
+            name = STAGE_TITLES.get(stage, stage_name(stage))
+            bars[stage] = bar.add_task(f"{title} {name}", total=None, note="")
+        p = status.progress
+        note = _note(status)
+        if p.total:
+            bar.update(bars[stage], completed=p.step, total=p.total, note=note)
+        else:
+            bar.update(bars[stage], note=note)
+        if status.state in TERMINAL:
+            task = bars[stage]
+            total = bar.tasks[task].total or 1
+            if status.state == events_pb2.JOB_STATE_SUCCEEDED:
+                bar.update(task, completed=total, total=total)
+            break
+    return last
+
+
+async def run_loop(
+    runtime, loop: Loop, console: Console, timeout: float, *, progress: str = ""
+) -> dict:
+    """Train, convert and pre-annotate; returns what the events said (``progress``: how
+    the stages are shown, see ``follow``)."""
+    mode = display.choose(console, progress)
+    lines = display.Lines.for_mode(console, mode)  # one clock: time since the loop began
     bus = runtime.bus
     train_job = f"qs-train-{uuid.uuid4().hex[:8]}"
     request = events_pb2.TaskAnnotated(
@@ -118,7 +162,9 @@ async def run_loop(runtime, loop: Loop, console: Console, timeout: float) -> dic
     try:
         t0 = time.monotonic()
         await events.publish(bus, topics.TASK_ANNOTATED, request, source="quickstart")
-        status = await asyncio.wait_for(follow(runtime, train_job, console, "model"), timeout)
+        status = await asyncio.wait_for(
+            follow(runtime, train_job, console, "model", progress=mode, lines=lines), timeout
+        )
         if status.state != events_pb2.JOB_STATE_SUCCEEDED:
             raise FailedPrecondition(
                 f"training job {train_job} ended {events_pb2.JobState.Name(status.state)} at "
@@ -139,7 +185,9 @@ async def run_loop(runtime, loop: Loop, console: Console, timeout: float) -> dic
         )
         t1 = time.monotonic()
         await events.publish(bus, topics.ANNOTATION_REQUESTED, ask, source="quickstart")
-        status = await asyncio.wait_for(follow(runtime, annotate_job, console, "held-out"), timeout)
+        status = await asyncio.wait_for(
+            follow(runtime, annotate_job, console, "held-out", progress=mode, lines=lines), timeout
+        )
         if status.state != events_pb2.JOB_STATE_SUCCEEDED:
             raise FailedPrecondition(
                 f"pre-annotation job {annotate_job} ended "

@@ -41,11 +41,17 @@ STATUS_REPORTS_FAILED = Counter(
     "(the work went on; see preannotate.progress)",
     ["service"],
 )
+#: Upper bounds of HANDLER_SECONDS: milliseconds for the light services, up to
+#: a day for a training job (the train.jobs.* handler runs for hours).
+HANDLER_BUCKETS = (
+    *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+    *(3600, 7200, 4 * 3600, 8 * 3600, 16 * 3600, 24 * 3600),
+)
 HANDLER_SECONDS = Histogram(
     "preannotate_handler_seconds",
     "Time a handler took per record",
     ["service", "topic"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
+    buckets=HANDLER_BUCKETS,
 )
 CONSUMER_LAG = Gauge(
     "preannotate_consumer_lag",
@@ -62,3 +68,16 @@ JOBS = Gauge(
     "Jobs known to the job status view, by stage and state",
     ["stage", "state"],
 )
+
+
+def start_route(service: str, topic: str) -> None:
+    """Create a consumed topic's series at 0 when its worker starts.
+
+    A counter series that first appears at 1 shows no ``increase()`` (Prometheus
+    has no earlier sample), so without this the first dead-lettered record of a
+    topic would never fire PreannotateDeadLetters; a gauge at 0 lets
+    ``== 0`` comparisons (PreannotateTrainingQueueStalled) see an idle consumer.
+    """
+    for counter in (EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_DUPLICATE):
+        counter.labels(service, topic)
+    HANDLER_IN_FLIGHT.labels(service, topic)

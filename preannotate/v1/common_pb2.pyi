@@ -304,6 +304,9 @@ class Model(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     INPUT_SIZE_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
+    EVALUATION_SET_FIELD_NUMBER: _builtins.int
     model_type: _builtins.str
     serving_path: _builtins.str
     """Storage key of <namespace>/serving/<name>/<version>/."""
@@ -314,6 +317,14 @@ class Model(_message.Message):
     """The weights its training started from: "coco", "imagenet-backbone",
     "base <namespace>/<name>/<version>" or "random" (empty: not recorded).
     """
+    status: _builtins.str
+    """"promoted" (serves), "candidate" (refused by the gate or rolled back),
+    "previous" (promoted before the current one); empty before the gate existed.
+    """
+    status_reason: _builtins.str
+    """Why: the gate's reason, or who promoted or rolled back and why."""
+    evaluation_set: _builtins.str
+    """The frozen evaluation set its metrics were measured on (empty: none)."""
     @_builtins.property
     def ref(self) -> Global___ModelRef: ...
     @_builtins.property
@@ -334,10 +345,13 @@ class Model(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         input_size: _builtins.int = ...,
         start: _builtins.str = ...,
+        status: _builtins.str = ...,
+        status_reason: _builtins.str = ...,
+        evaluation_set: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created_at", b"created_at", "input_size", b"input_size", "job_id", b"job_id", "metrics", b"metrics", "model_type", b"model_type", "ref", b"ref", "serving_path", b"serving_path", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created_at", b"created_at", "evaluation_set", b"evaluation_set", "input_size", b"input_size", "job_id", b"job_id", "metrics", b"metrics", "model_type", b"model_type", "ref", b"ref", "serving_path", b"serving_path", "start", b"start", "status", b"status", "status_reason", b"status_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -387,6 +387,26 @@ class AnnotationRequested(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelThresholdsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     CVAT_FIELD_NUMBER: _builtins.int
@@ -394,15 +414,26 @@ class AnnotationRequested(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     TRIGGER_FIELD_NUMBER: _builtins.int
+    TRACKS_FIELD_NUMBER: _builtins.int
+    REVIEW_ISSUES_FIELD_NUMBER: _builtins.int
+    LABEL_THRESHOLDS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     namespace: _builtins.str
     threshold: _builtins.float
     mode: Global___AnnotateMode.ValueType
     trigger: _builtins.str
+    tracks: _builtins.bool
+    """Write CVAT tracks instead of per-frame shapes (AnnotateTaskRequest.tracks)."""
+    review_issues: _builtins.int
+    """Review issues per CVAT job (AnnotateTaskRequest.review_issues)."""
     @_builtins.property
     def cvat(self) -> _common_pb2.CvatRef: ...
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef: ...
+    @_builtins.property
+    def label_thresholds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Labels' own thresholds (AnnotateTaskRequest.label_thresholds)."""
+
     def __init__(
         self,
         *,
@@ -413,10 +444,13 @@ class AnnotationRequested(_message.Message):
         threshold: _builtins.float = ...,
         mode: Global___AnnotateMode.ValueType = ...,
         trigger: _builtins.str = ...,
+        tracks: _builtins.bool = ...,
+        review_issues: _builtins.int = ...,
+        label_thresholds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "job_id", b"job_id", "mode", b"mode", "model", b"model", "namespace", b"namespace", "threshold", b"threshold", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "job_id", b"job_id", "label_thresholds", b"label_thresholds", "mode", b"mode", "model", b"model", "namespace", b"namespace", "review_issues", b"review_issues", "threshold", b"threshold", "tracks", b"tracks", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

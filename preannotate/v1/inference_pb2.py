@@ -26,21 +26,25 @@ from preannotate.v1 import common_pb2 as preannotate_dot_v1_dot_common__pb2
 from preannotate.v1 import events_pb2 as preannotate_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epreannotate/v1/inference.proto\x12\x0epreannotate.v1\x1a\x1bpreannotate/v1/common.proto\x1a\x1bpreannotate/v1/events.proto\"g\n\x0ePredictRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\n\n\x02id\x18\x04 \x01(\t\"\xa0\x01\n\x0fPredictResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\x13\n\x0bimage_width\x18\x03 \x01(\x05\x12\x14\n\x0cimage_height\x18\x04 \x01(\x05\x12-\n\ndetections\x18\x05 \x03(\x0b\x32\x19.preannotate.v1.Detection\"\xb4\x01\n\x13\x41nnotateTaskRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12%\n\x04\x63vat\x18\x02 \x01(\x0b\x32\x17.preannotate.v1.CvatRef\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.preannotate.v1.AnnotateMode\x12\x0e\n\x06job_id\x18\x05 \x01(\t\"\xd9\x01\n\x14\x41nnotateTaskProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rames_total\x18\x02 \x01(\x03\x12\x13\n\x0b\x66rames_done\x18\x03 \x01(\x03\x12\x16\n\x0eshapes_written\x18\x04 \x01(\x03\x12\x16\n\x0e\x66rames_skipped\x18\x05 \x01(\x03\x12-\n\x07skipped\x18\x06 \x03(\x0b\x32\x1c.preannotate.v1.SkippedFrame\x12\x19\n\x11unmatched_classes\x18\x07 \x03(\t\x12\x0c\n\x04\x64one\x18\x08 \x01(\x08\x32\xe6\x02\n\x10InferenceService\x12J\n\x07Predict\x12\x1e.preannotate.v1.PredictRequest\x1a\x1f.preannotate.v1.PredictResponse\x12T\n\rStreamPredict\x12\x1e.preannotate.v1.PredictRequest\x1a\x1f.preannotate.v1.PredictResponse(\x01\x30\x01\x12[\n\x0c\x41nnotateTask\x12#.preannotate.v1.AnnotateTaskRequest\x1a$.preannotate.v1.AnnotateTaskProgress0\x01\x12S\n\nListModels\x12!.preannotate.v1.ListModelsRequest\x1a\".preannotate.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epreannotate/v1/inference.proto\x12\x0epreannotate.v1\x1a\x1bpreannotate/v1/common.proto\x1a\x1bpreannotate/v1/events.proto\"g\n\x0ePredictRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\n\n\x02id\x18\x04 \x01(\t\"\xa0\x01\n\x0fPredictResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\x13\n\x0bimage_width\x18\x03 \x01(\x05\x12\x14\n\x0cimage_height\x18\x04 \x01(\x05\x12-\n\ndetections\x18\x05 \x03(\x0b\x32\x19.preannotate.v1.Detection\"\xe7\x02\n\x13\x41nnotateTaskRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12%\n\x04\x63vat\x18\x02 \x01(\x0b\x32\x17.preannotate.v1.CvatRef\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.preannotate.v1.AnnotateMode\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x0e\n\x06tracks\x18\x06 \x01(\x08\x12\x15\n\rreview_issues\x18\x07 \x01(\x05\x12R\n\x10label_thresholds\x18\x08 \x03(\x0b\x32\x38.preannotate.v1.AnnotateTaskRequest.LabelThresholdsEntry\x1a\x36\n\x14LabelThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xd9\x01\n\x14\x41nnotateTaskProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rames_total\x18\x02 \x01(\x03\x12\x13\n\x0b\x66rames_done\x18\x03 \x01(\x03\x12\x16\n\x0eshapes_written\x18\x04 \x01(\x03\x12\x16\n\x0e\x66rames_skipped\x18\x05 \x01(\x03\x12-\n\x07skipped\x18\x06 \x03(\x0b\x32\x1c.preannotate.v1.SkippedFrame\x12\x19\n\x11unmatched_classes\x18\x07 \x03(\t\x12\x0c\n\x04\x64one\x18\x08 \x01(\x08\x32\xe6\x02\n\x10InferenceService\x12J\n\x07Predict\x12\x1e.preannotate.v1.PredictRequest\x1a\x1f.preannotate.v1.PredictResponse\x12T\n\rStreamPredict\x12\x1e.preannotate.v1.PredictRequest\x1a\x1f.preannotate.v1.PredictResponse(\x01\x30\x01\x12[\n\x0c\x41nnotateTask\x12#.preannotate.v1.AnnotateTaskRequest\x1a$.preannotate.v1.AnnotateTaskProgress0\x01\x12S\n\nListModels\x12!.preannotate.v1.ListModelsRequest\x1a\".preannotate.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'preannotate.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._loaded_options = None
+  _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTREQUEST']._serialized_start=108
   _globals['_PREDICTREQUEST']._serialized_end=211
   _globals['_PREDICTRESPONSE']._serialized_start=214
   _globals['_PREDICTRESPONSE']._serialized_end=374
   _globals['_ANNOTATETASKREQUEST']._serialized_start=377
-  _globals['_ANNOTATETASKREQUEST']._serialized_end=557
-  _globals['_ANNOTATETASKPROGRESS']._serialized_start=560
-  _globals['_ANNOTATETASKPROGRESS']._serialized_end=777
-  _globals['_INFERENCESERVICE']._serialized_start=780
-  _globals['_INFERENCESERVICE']._serialized_end=1138
+  _globals['_ANNOTATETASKREQUEST']._serialized_end=736
+  _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._serialized_start=682
+  _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._serialized_end=736
+  _globals['_ANNOTATETASKPROGRESS']._serialized_start=739
+  _globals['_ANNOTATETASKPROGRESS']._serialized_end=956
+  _globals['_INFERENCESERVICE']._serialized_start=959
+  _globals['_INFERENCESERVICE']._serialized_end=1317
 # @@protoc_insertion_point(module_scope)

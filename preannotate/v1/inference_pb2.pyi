@@ -88,19 +88,58 @@ Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
 class AnnotateTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelThresholdsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_FIELD_NUMBER: _builtins.int
     CVAT_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    TRACKS_FIELD_NUMBER: _builtins.int
+    REVIEW_ISSUES_FIELD_NUMBER: _builtins.int
+    LABEL_THRESHOLDS_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
     mode: _events_pb2.AnnotateMode.ValueType
     job_id: _builtins.str
     """Optional: reuse a job id (idempotency); a new one is made otherwise."""
+    tracks: _builtins.bool
+    """Write CVAT tracks (detections linked across frames, keyframes only) instead
+    of one shape per frame. A task whose data is a video (CVAT mode
+    "interpolation") gets tracks without asking. CVAT tasks only.
+    """
+    review_issues: _builtins.int
+    """Open up to this many CVAT issues per job, on the frames where the model was
+    least sure (scores near the threshold, or nothing found), for reviewers to
+    start from. 0: none. CVAT tasks only.
+    """
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef: ...
     @_builtins.property
     def cvat(self) -> _common_pb2.CvatRef: ...
+    @_builtins.property
+    def label_thresholds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Labels' own thresholds (label name -> score in 0..1); the other labels use
+        `threshold`. Per-frame shapes only (refused with tracks).
+        """
+
     def __init__(
         self,
         *,
@@ -109,10 +148,13 @@ class AnnotateTaskRequest(_message.Message):
         threshold: _builtins.float = ...,
         mode: _events_pb2.AnnotateMode.ValueType = ...,
         job_id: _builtins.str = ...,
+        tracks: _builtins.bool = ...,
+        review_issues: _builtins.int = ...,
+        label_thresholds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "job_id", b"job_id", "mode", b"mode", "model", b"model", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "job_id", b"job_id", "label_thresholds", b"label_thresholds", "mode", b"mode", "model", b"model", "review_issues", b"review_issues", "threshold", b"threshold", "tracks", b"tracks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -71,6 +71,16 @@ class TrainingServiceStub:
                 request_serializer=preannotate_dot_v1_dot_training__pb2.ListModelTypesRequest.SerializeToString,
                 response_deserializer=preannotate_dot_v1_dot_training__pb2.ListModelTypesResponse.FromString,
                 _registered_method=True)
+        self.PromoteModel = channel.unary_unary(
+                '/preannotate.v1.TrainingService/PromoteModel',
+                request_serializer=preannotate_dot_v1_dot_training__pb2.PromoteModelRequest.SerializeToString,
+                response_deserializer=preannotate_dot_v1_dot_training__pb2.PromotionResponse.FromString,
+                _registered_method=True)
+        self.RollbackModel = channel.unary_unary(
+                '/preannotate.v1.TrainingService/RollbackModel',
+                request_serializer=preannotate_dot_v1_dot_training__pb2.RollbackModelRequest.SerializeToString,
+                response_deserializer=preannotate_dot_v1_dot_training__pb2.PromotionResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -121,6 +131,20 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PromoteModel(self, request, context):
+        """Make a finished version the one that serves (the admin role of the namespace).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackModel(self, request, context):
+        """Serve the version promoted before the current one again (the admin role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +182,16 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.ListModelTypes,
                     request_deserializer=preannotate_dot_v1_dot_training__pb2.ListModelTypesRequest.FromString,
                     response_serializer=preannotate_dot_v1_dot_training__pb2.ListModelTypesResponse.SerializeToString,
+            ),
+            'PromoteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteModel,
+                    request_deserializer=preannotate_dot_v1_dot_training__pb2.PromoteModelRequest.FromString,
+                    response_serializer=preannotate_dot_v1_dot_training__pb2.PromotionResponse.SerializeToString,
+            ),
+            'RollbackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModel,
+                    request_deserializer=preannotate_dot_v1_dot_training__pb2.RollbackModelRequest.FromString,
+                    response_serializer=preannotate_dot_v1_dot_training__pb2.PromotionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +383,60 @@ class TrainingService:
             '/preannotate.v1.TrainingService/ListModelTypes',
             preannotate_dot_v1_dot_training__pb2.ListModelTypesRequest.SerializeToString,
             preannotate_dot_v1_dot_training__pb2.ListModelTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preannotate.v1.TrainingService/PromoteModel',
+            preannotate_dot_v1_dot_training__pb2.PromoteModelRequest.SerializeToString,
+            preannotate_dot_v1_dot_training__pb2.PromotionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preannotate.v1.TrainingService/RollbackModel',
+            preannotate_dot_v1_dot_training__pb2.RollbackModelRequest.SerializeToString,
+            preannotate_dot_v1_dot_training__pb2.PromotionResponse.FromString,
             options,
             channel_credentials,
             insecure,

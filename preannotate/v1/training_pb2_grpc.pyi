@@ -43,6 +43,10 @@ class TrainingServiceStub:
     ListModels: _grpc.UnaryUnaryMultiCallable[_common_pb2.ListModelsRequest, _common_pb2.ListModelsResponse]
     """Ready models of a namespace, read from their manifests."""
     ListModelTypes: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListModelTypesRequest, _training_pb2.ListModelTypesResponse]
+    PromoteModel: _grpc.UnaryUnaryMultiCallable[_training_pb2.PromoteModelRequest, _training_pb2.PromotionResponse]
+    """Make a finished version the one that serves (the admin role of the namespace)."""
+    RollbackModel: _grpc.UnaryUnaryMultiCallable[_training_pb2.RollbackModelRequest, _training_pb2.PromotionResponse]
+    """Serve the version promoted before the current one again (the admin role)."""
 
 @_typing.type_check_only
 class TrainingServiceAsyncStub(TrainingServiceStub):
@@ -57,6 +61,10 @@ class TrainingServiceAsyncStub(TrainingServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_common_pb2.ListModelsRequest, _common_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Ready models of a namespace, read from their manifests."""
     ListModelTypes: _aio.UnaryUnaryMultiCallable[_training_pb2.ListModelTypesRequest, _training_pb2.ListModelTypesResponse]  # type: ignore[assignment]
+    PromoteModel: _aio.UnaryUnaryMultiCallable[_training_pb2.PromoteModelRequest, _training_pb2.PromotionResponse]  # type: ignore[assignment]
+    """Make a finished version the one that serves (the admin role of the namespace)."""
+    RollbackModel: _aio.UnaryUnaryMultiCallable[_training_pb2.RollbackModelRequest, _training_pb2.PromotionResponse]  # type: ignore[assignment]
+    """Serve the version promoted before the current one again (the admin role)."""
 
 class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -110,5 +118,21 @@ class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _training_pb2.ListModelTypesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.ListModelTypesResponse, _abc.Awaitable[_training_pb2.ListModelTypesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PromoteModel(
+        self,
+        request: _training_pb2.PromoteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.PromotionResponse, _abc.Awaitable[_training_pb2.PromotionResponse]]:
+        """Make a finished version the one that serves (the admin role of the namespace)."""
+
+    @_abc_1.abstractmethod
+    def RollbackModel(
+        self,
+        request: _training_pb2.RollbackModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.PromotionResponse, _abc.Awaitable[_training_pb2.PromotionResponse]]:
+        """Serve the version promoted before the current one again (the admin role)."""
 
 def add_TrainingServiceServicer_to_server(servicer: TrainingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

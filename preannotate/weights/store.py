@@ -15,6 +15,10 @@ else the pinned one, unpack an archive safely, upload the checkpoint files,
 and write the manifest last. Any failure deletes what the attempt wrote and
 raises ``FailedPrecondition`` naming the way out (``preannotate weights pull``
 with a mirror, or ``preannotate weights import``). Blocking, like ``Storage``.
+
+Concurrent pulls of one model type (two trainers starting at once) may both
+fetch; the file is the same (or refused by the pin), so they write the same
+folder, and neither deletes a folder that the manifest names at that moment.
 """
 
 from __future__ import annotations
@@ -264,15 +268,24 @@ class WeightsStore:
             committed = True
         finally:
             if not committed:
-                if not keep_folder:
+                # A concurrent pull of the same file may have installed this folder
+                # meanwhile: it is deleted only while no manifest names it.
+                if not keep_folder and not self._names(source.model_type, folder):
                     self.storage.delete_prefix(folder)
                 if pin_created:
                     self.storage.delete_prefix(root + PIN.rpartition("/")[0] + "/")
-        if before is not None and not keep_folder:
-            self.storage.delete_prefix(before.key.rpartition("/")[0] + "/")
+        # The install this one replaced goes, unless a concurrent pull has put it back.
+        old = before.key.rpartition("/")[0] + "/" if before is not None else ""
+        if old and not keep_folder and not self._names(source.model_type, old):
+            self.storage.delete_prefix(old)
         return Installed(
             source.model_type, sha256, url, source.format, source.covers, source.dataset, key
         )
+
+    def _names(self, model_type: str, folder: str) -> bool:
+        """Whether the manifest, as stored now, names a key in ``folder``."""
+        now = self.installed(model_type)
+        return now is not None and now.key.startswith(folder)
 
     def _pin(self, model_type: str, sha256: str, url: str) -> bool:
         """Record ``sha256`` as the first fetch's; True when this call created the pin."""

@@ -14,6 +14,8 @@ For each TaskAnnotated:
 
 The whole task is exported even when the event names one job of it
 (``cvat.job_id``): the dataset is everything annotated in the task so far.
+An event naming a project and no task gets the frames of every completed job
+of the project, each named ``<task id>/<file name>`` (``project``).
 Blocking work (zip, images, storage) runs in threads; the conversion's
 progress reaches job.status through ``preannotate.progress.ThreadReports``
 (a report that cannot be written is logged and counted, and the export goes
@@ -36,7 +38,7 @@ from preannotate.handler import Context, Outcome
 from preannotate.progress import ThreadReports
 from preannotate.storage import PrefixWriter, Storage, read_manifest
 from preannotate.v1 import common_pb2, events_pb2
-from services.exporter import source
+from services.exporter import project, source
 from services.exporter.coco import read_export
 from services.exporter.convert import ConvertOptions, ConvertResult, convert_export
 from services.exporter.settings import ExporterSettings
@@ -96,7 +98,7 @@ def _options(settings: ExporterSettings) -> ConvertOptions:
 
 
 def _convert(
-    archive: Path,
+    archive: source.Archive,
     work: Path,
     settings: ExporterSettings,
     what: str,
@@ -104,8 +106,18 @@ def _convert(
 ) -> ConvertResult:
     limits = UnpackLimits(settings.export_max_bytes, settings.export_max_files)
     unpacked = work / "unpacked"
-    safe_unpack(archive, unpacked, limits)
-    export = read_export(unpacked, settings.export_max_image_pixels)
+    if archive.parts:  # a project: one folder per task, merged
+        parts = []
+        for part in archive.parts:
+            folder = unpacked / str(part.task_id)
+            safe_unpack(part.archive, folder, limits)
+            parts.append(
+                (part.task_id, read_export(folder, settings.export_max_image_pixels), part.keep)
+            )
+        export = project.merge(parts)
+    else:
+        safe_unpack(archive.path, unpacked, limits)
+        export = read_export(unpacked, settings.export_max_image_pixels)
     result = convert_export(
         export, work / "dataset", _options(settings), source=what, progress=progress
     )
@@ -151,8 +163,10 @@ async def handle_task_annotated(
     prefix = keys.dataset_prefix(namespace, keys.check_name(msg.job_id, "job id"))
     machine = machine_type_for(msg, settings)
     topic = topics.train_jobs(machine)
-    if not source.is_file_source(msg.cvat) and msg.cvat.task_id <= 0:
-        raise InvalidArgument(f"task.annotated for job {msg.job_id} names no CVAT task id")
+    if not source.is_file_source(msg.cvat) and msg.cvat.task_id <= 0 and msg.cvat.project_id <= 0:
+        raise InvalidArgument(
+            f"task.annotated for job {msg.job_id} names no CVAT task id (nor project)"
+        )
 
     found = await asyncio.to_thread(read_manifest, ctx.storage, prefix)
     if found is not None:
@@ -175,7 +189,7 @@ async def handle_task_annotated(
         try:
             result = await asyncio.to_thread(
                 _convert,
-                archive.path,
+                archive,
                 work,
                 settings,
                 archive.describe,

@@ -13,7 +13,9 @@
   (required then). A refusal says the same whether the file exists or not.
 
 Either way the handler gets a zip path and treats it the same: safe unpack,
-then conversion.
+then conversion. A message naming a CVAT project and no task (``task_id`` 0,
+``project_id`` set) gets one archive per task with completed jobs
+(``Archive.parts``, ``services.exporter.project``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 
 from preannotate.cvat import connect, file_ref_path, is_file_ref
 from preannotate.cvat.export import ExportLimits, StatusCallback, export_task
-from preannotate.errors import InvalidArgument, NotFound
+from preannotate.errors import FailedPrecondition, InvalidArgument, NotFound
 from preannotate.v1 import common_pb2
+from services.exporter.project import TaskPart, completed_ranges, frames_in
 from services.exporter.settings import ExporterSettings
 
 
@@ -36,6 +39,8 @@ class Archive:
     source: dict[str, str | int]
     #: For messages: "CVAT task 12" or "file /data/export.zip".
     describe: str
+    #: A project's tasks (``path`` is then their folder): merged by ``project.merge``.
+    parts: tuple[TaskPart, ...] = ()
 
 
 def export_limits(settings: ExporterSettings) -> ExportLimits:
@@ -48,6 +53,11 @@ def export_limits(settings: ExporterSettings) -> ExportLimits:
 
 def is_file_source(cvat: common_pb2.CvatRef) -> bool:
     return is_file_ref(cvat.url)
+
+
+def is_project_source(cvat: common_pb2.CvatRef) -> bool:
+    """A CVAT project, not a task: everything annotated in it so far."""
+    return not is_file_source(cvat) and cvat.task_id <= 0 and cvat.project_id > 0
 
 
 def local_archive(url: str, settings: ExporterSettings) -> Path:
@@ -83,6 +93,8 @@ async def fetch_archive(
     if is_file_source(cvat):
         path = local_archive(cvat.url, settings)
         return Archive(path, {"kind": "file", "url": cvat.url}, f"file {path}")
+    if is_project_source(cvat):
+        return await fetch_project(cvat, settings, work, on_status=on_status, cancelled=cancelled)
     async with connect(settings, cvat) as client:
         path = await export_task(
             client,
@@ -97,3 +109,50 @@ async def fetch_archive(
     if config.organization:
         source["organization"] = config.organization
     return Archive(path, source, f"CVAT task {cvat.task_id}")
+
+
+async def fetch_project(
+    cvat: common_pb2.CvatRef,
+    settings: ExporterSettings,
+    work: Path,
+    *,
+    on_status: StatusCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Archive:
+    """The archives of every task of the project with completed jobs, and the frames
+    of those jobs (``services.exporter.project``)."""
+    project = cvat.project_id
+    params = {"project_id": project, "state": "completed", "type": "annotation"}
+    parts = []
+    async with connect(settings, cvat) as client:
+        jobs = await client.paged("/api/jobs", params)
+        ranges = completed_ranges(jobs)
+        if not ranges:
+            raise FailedPrecondition(
+                f"CVAT project {project} has no completed job yet: nothing to train on"
+            )
+        for task_id in sorted(ranges):
+            if on_status is not None:
+                await on_status(f"exporting task {task_id} of CVAT project {project}")
+            path = await export_task(
+                client,
+                task_id,
+                work / f"export-{task_id}.zip",
+                export_limits(settings),
+                on_status=on_status,
+                cancelled=cancelled,
+            )
+            meta = await client.data_meta(task_id)
+            parts.append(TaskPart(task_id, path, frames_in(meta, ranges[task_id], task_id)))
+    config = client.config
+    source: dict[str, str | int] = {
+        "kind": "cvat",
+        "url": config.url,
+        "project_id": project,
+        "tasks": ",".join(str(p.task_id) for p in parts),
+        "completed_jobs": len(jobs),
+    }
+    if config.organization:
+        source["organization"] = config.organization
+    describe = f"CVAT project {project} ({len(jobs)} completed jobs in {len(parts)} tasks)"
+    return Archive(work, source, describe, tuple(parts))

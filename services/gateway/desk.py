@@ -14,6 +14,7 @@ A job id held by another namespace (or kind of job) is refused, never reused.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from google.protobuf.message import Message
 
 from preannotate import events
 from preannotate.errors import Unavailable
-from preannotate.status import StatusView, StatusWriter, check_claim
+from preannotate.status import StatusView, StatusWriter, check_claim, claim_job_id
+from preannotate.storage import Storage
 from preannotate.telemetry.logging import get_logger
 from preannotate.v1.events_pb2 import JobStatus
 
@@ -81,8 +83,11 @@ class JobDesk:
         status_view: StatusView,
         status_writer: StatusWriter,
         recent: RecentJobs,
+        storage: Storage | None = None,
     ) -> None:
         self.bus = bus
+        #: Where a new job id is held for its namespace (``claim_job_id``); None: views only.
+        self.storage = storage
         self.view = status_view
         self.writer = status_writer
         self.recent = recent
@@ -100,6 +105,14 @@ class JobDesk:
             check_claim(known, job_id, status.namespace, status.kind)
             return Submission(job_id, known, created=False)
         self.recent.put(job_id, status)  # before any await: a concurrent duplicate sees it
+        if self.storage is not None:
+            try:  # another namespace naming the same new id at this instant loses here
+                await asyncio.to_thread(
+                    claim_job_id, self.storage, job_id, status.namespace, status.kind
+                )
+            except BaseException:
+                self.recent.forget(job_id)
+                raise
         try:
             await events.publish(self.bus, topic, event, source=SOURCE)
         except Exception as exc:

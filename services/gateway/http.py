@@ -1,7 +1,7 @@
 """The webhook endpoint over HTTP: ``POST /webhooks/cvat`` (aiohttp).
 
 Reads the raw body (up to the configured size), hands it with the signature
-header to ``WebhookDesk.handle`` and answers JSON: 200 for pong, accepted,
+header to ``WebhookDesk.handle`` and answers JSON: 200 for pong, accepted, queued, counted,
 duplicate and ignored; 413 for a body too large; any error with the status of
 ``preannotate.http_errors`` (which says why these suit CVAT): 401 for a missing
 or wrong signature, 400 for a body that is not a delivery, 404 when the policy

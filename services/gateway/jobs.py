@@ -6,6 +6,9 @@ first event and status of the job and hands them to the ``JobDesk``. It
 imports neither grpc nor aiohttp. A job's status records who asked for it
 (``details["requested_by"]``) and who cancelled it (``"cancelled_by"``);
 CancelJob by anyone but the requester needs the namespace's admin role.
+A request naming a CVAT task passes ``task_scope`` first (the caller's token
+may be limited to CVAT projects or organisations; the app gives the check that
+asks CVAT, ``preannotate.cvat.scope.check_task``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from preannotate import topics
 from preannotate.auth import Access
@@ -38,6 +41,14 @@ def new_job_id() -> str:
     return "job-" + uuid.uuid4().hex[:24]
 
 
+#: Refuses (``PermissionDenied``) a CVAT task the caller's token may not name.
+TaskScope = Callable[[Access, common_pb2.CvatRef], Awaitable[None]]
+
+
+async def any_task(access: Access, ref: common_pb2.CvatRef) -> None:
+    """The ``TaskScope`` of a gateway that checks nothing (tokens without CVAT limits)."""
+
+
 class JobFactory:
     def __init__(
         self,
@@ -46,11 +57,13 @@ class JobFactory:
         storage: Storage,
         catalog: Catalog,
         annotation_threshold: float = 0.5,
+        task_scope: TaskScope = any_task,
     ) -> None:
         self.desk = desk
         self.storage = storage
         self.catalog = catalog
         self.annotation_threshold = annotation_threshold
+        self.task_scope = task_scope
 
     # --- lookups ----------------------------------------------------------------
 
@@ -58,7 +71,8 @@ class JobFactory:
         return self.desk.known(job_id)
 
     async def newest_ready_model(self, namespace: str, name: str) -> common_pb2.ModelRef | None:
-        return await asyncio.to_thread(models.newest_serving, self.storage, namespace, name)
+        """The promoted version exported for serving (``models.serving_model``)."""
+        return await asyncio.to_thread(models.serving_model, self.storage, namespace, name)
 
     async def list_models(self, namespace: str) -> list[common_pb2.Model]:
         return await asyncio.to_thread(models.list_models, self.storage, namespace)
@@ -92,6 +106,7 @@ class JobFactory:
         )
         for name in ("url", "job_id", "project_id", "organization"):
             setattr(checked.cvat, name, getattr(request.cvat, name))
+        await self.task_scope(access, checked.cvat)
         return await self.train(
             checked, job_id=job_id or new_job_id(), trigger="grpc", requested_by=access.caller
         )
@@ -124,7 +139,7 @@ class JobFactory:
             kind=events_pb2.JOB_KIND_TRAINING,
             stage=events_pb2.JOB_STAGE_EXPORT,
             state=events_pb2.JOB_STATE_QUEUED,
-            message=f"queued: export of CVAT task {request.cvat.task_id}, "
+            message=f"queued: export of {_what(request.cvat)}, "
             f"then training on {request.training.machine_type}",
         )
         status.cvat.CopyFrom(request.cvat)
@@ -160,6 +175,39 @@ class JobFactory:
             request, job_id=job_id, trigger="webhook", requested_by=requested_by
         )
 
+    async def retrain_from_policy(
+        self,
+        policy: ProjectPolicy,
+        *,
+        job_id: str,
+        task_id: int,
+        base_version: int | None,
+        requested_by: str,
+        details: dict[str, str],
+    ) -> Submission:
+        """Queue a project's retrain (``services.gateway.retrain``) on every completed job
+        of the project (the event names the project, not a task), from ``base_version``
+        of the policy's model (None: the policy's ``base_model``, for a first training);
+        ``task_id`` (the task that made it due) goes in the details."""
+        base = f"{policy.model_name}/{base_version}" if base_version else policy.base_model
+        request = self.catalog.check_request(
+            namespace=policy.namespace,
+            task_id=0,
+            project_id=policy.project_id,
+            model_type=policy.model_type,
+            arguments=policy.arguments,
+            base_model=base,
+            machine_type=policy.machine_type,
+            gpus=0,
+            model_name=policy.model_name,
+        )
+        request.cvat.organization = policy.organization
+        request.details.update(details)
+        request.details["retrain_due_to_task"] = str(task_id)
+        return await self.train(
+            request, job_id=job_id, trigger="retrain", requested_by=requested_by
+        )
+
     async def annotate_from_policy(
         self,
         policy: ProjectPolicy,
@@ -176,7 +224,9 @@ class JobFactory:
             threshold=threshold,
             mode=events_pb2.ANNOTATE_MODE_APPEND,
             trigger="webhook",
+            review_issues=policy.review_issues,
         )
+        event.label_thresholds.update(policy.label_thresholds)
         event.cvat.task_id = task_id
         event.cvat.project_id = policy.project_id
         event.cvat.organization = policy.organization
@@ -231,6 +281,12 @@ class JobFactory:
         status.details["cancelled_by"] = access.caller
         status.ClearField("updated_at")
         return await self.desk.write(status)
+
+
+def _what(cvat: common_pb2.CvatRef) -> str:
+    if cvat.task_id <= 0 and cvat.project_id > 0:
+        return f"the completed jobs of CVAT project {cvat.project_id}"
+    return f"CVAT task {cvat.task_id}"
 
 
 def check_namespace(value: str, default: str, access: Access) -> str:

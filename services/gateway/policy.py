@@ -12,7 +12,13 @@ A YAML file (``PREANNOTATE_WEBHOOK_POLICY_FILE``)::
                                    # webhook, from this variable (or ``secret: ...``)
         namespace: team-a          # where jobs and models of this project live
         trigger: task              # "task": train when the task is completed;
-                                   # "job": train on each completed (or accepted) job
+                                   # "job": train on each completed (or accepted) job;
+                                   # "project": retrain as the project is annotated
+                                   # (the default when retrain_after_* is given)
+        retrain_after_jobs: 5      # trigger project: retrain after every 5 completed
+                                   # CVAT jobs of the project (services/gateway/retrain.py)
+        retrain_after_frames: 200  # ... or after every 200 frames of completed jobs
+                                   # (give one of the two)
         model_type: ssd-mobilenet-v2-coco
         arguments: "epochs=4000;batch_size=24"
         machine_type: gpu-1        # optional: the default pool otherwise
@@ -21,6 +27,8 @@ A YAML file (``PREANNOTATE_WEBHOOK_POLICY_FILE``)::
         organization: ""           # optional: CVAT organisation slug (X-Organization)
         annotate_new_tasks: true   # create:task -> annotation.requested (newest ready model)
         threshold: 0.5             # optional: score threshold of those annotations
+        label_thresholds: {cat: 0.7}   # optional: labels' own thresholds
+        review_issues: 3           # optional: CVAT issues on each job's most doubtful frames
 
 Every entry is checked when the file is loaded (names, the model type and the
 arguments against the catalog, a secret for each project or ``global_secret:
@@ -33,7 +41,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -57,7 +65,11 @@ class ProjectPolicy(BaseModel):
 
     project_id: int = Field(gt=0)
     namespace: str
-    trigger: Literal["task", "job"] = "task"
+    trigger: Literal["task", "job", "project"] = "task"
+    #: trigger "project": retrain after every N completed CVAT jobs of the project ...
+    retrain_after_jobs: int | None = Field(None, ge=1)
+    #: ... or after every N frames in completed jobs (one of the two).
+    retrain_after_frames: int | None = Field(None, ge=1)
     model_type: str
     arguments: str = ""
     machine_type: str = ""
@@ -66,9 +78,50 @@ class ProjectPolicy(BaseModel):
     organization: str = ""
     annotate_new_tasks: bool = True
     threshold: float | None = Field(None, ge=0, le=1)
+    #: Labels' own thresholds for the new tasks' pre-annotation (names: the model's labels).
+    label_thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    #: CVAT issues opened on each job's most doubtful frames of a new task; 0: none.
+    review_issues: int = Field(0, ge=0, le=100)
     #: The secret of this project's CVAT webhook (``secret_env``: read from that variable).
     secret: SecretStr | None = None
     secret_env: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _project_trigger(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "trigger" in data:
+            return data
+        if (
+            data.get("retrain_after_jobs") is not None
+            or data.get("retrain_after_frames") is not None
+        ):
+            return {**data, "trigger": "project"}
+        return data
+
+    @model_validator(mode="after")
+    def _retrain_rule(self) -> ProjectPolicy:
+        given = [
+            name
+            for name in ("retrain_after_jobs", "retrain_after_frames")
+            if getattr(self, name) is not None
+        ]
+        if self.trigger == "project" and len(given) != 1:
+            raise ValueError(
+                "trigger: project retrains after every N completed jobs or N annotated frames: "
+                "give exactly one of retrain_after_jobs and retrain_after_frames"
+                + (" (both are given)" if given else "")
+            )
+        if self.trigger != "project" and given:
+            raise ValueError(
+                f"{given[0]} needs trigger: project (the default when it is given); "
+                f"remove trigger: {self.trigger} or {given[0]}"
+            )
+        return self
+
+    @property
+    def retrains(self) -> bool:
+        """Whether the project retrains as it is annotated (trigger: project)."""
+        return self.trigger == "project"
 
     @model_validator(mode="before")
     @classmethod
@@ -120,6 +173,17 @@ class Policy(BaseModel):
             if p.project_id in seen:
                 raise ValueError(f"project {p.project_id} is listed twice")
             seen.add(p.project_id)
+        models: dict[tuple[str, str], int] = {}
+        for p in value:
+            if not p.retrains:
+                continue
+            other = models.setdefault((p.namespace, p.model_name), p.project_id)
+            if other != p.project_id:
+                raise ValueError(
+                    f"projects {other} and {p.project_id} both retrain model "
+                    f"{p.namespace}/{p.model_name}: give each retraining project its own "
+                    "model_name (a model's retrains are counted per project)"
+                )
         return value
 
     def check_secrets(self, where: str = "policy") -> None:

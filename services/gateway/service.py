@@ -28,6 +28,7 @@ def build(settings: GatewaySettings) -> ServiceSpec:
     return ServiceSpec(
         name=NAME,
         startup=app.startup,
+        shutdown=app.shutdown,
         grpc=[
             GrpcService(
                 servicer=TrainingServicer(app),

@@ -2,13 +2,19 @@
 
 Errors are ``preannotate.errors`` raised by the core; ``preannotate.grpc_errors``
 turns them into status codes. ``preannotate.auth.caller()`` gives each call's
-namespaces (every namespace when no tokens are configured).
+namespaces (every namespace when no tokens are configured). PromoteModel and
+RollbackModel change what serves for everyone: they need the namespace's
+admin role, and the promotion log records the caller.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from preannotate import auth
+from preannotate.keys import check_name, check_version
 from preannotate.v1 import common_pb2, training_pb2, training_pb2_grpc
+from services.gateway import models
 from services.gateway.jobs import JobFactory, check_namespace
 
 
@@ -50,3 +56,30 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     async def ListModelTypes(self, request, context):
         return training_pb2.ListModelTypesResponse(model_types=self.jobs.catalog.model_types())
+
+    def _admin(self, request, action: str) -> tuple[str, str, str]:
+        """(namespace, model name, caller), once the caller holds the namespace's admin role."""
+        access = auth.caller()
+        namespace = check_namespace(request.namespace, self.default_namespace, access)
+        name = check_name(request.name, "model name")
+        access.check_admin(namespace, f"{action} {namespace}/{name}")
+        return namespace, name, access.caller
+
+    async def PromoteModel(self, request, context):
+        namespace, name, by = self._admin(request, "promoting a version of")
+        version = check_version(int(request.version))
+        return await asyncio.to_thread(
+            models.promote,
+            self.jobs.storage,
+            namespace,
+            name,
+            version,
+            by=by,
+            reason=request.reason,
+        )
+
+    async def RollbackModel(self, request, context):
+        namespace, name, by = self._admin(request, "rolling back")
+        return await asyncio.to_thread(
+            models.rollback, self.jobs.storage, namespace, name, by=by, reason=request.reason
+        )

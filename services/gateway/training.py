@@ -83,9 +83,12 @@ class Catalog:
         machine_type: str,
         gpus: int,
         model_name: str,
+        project_id: int = 0,
     ) -> TrainingRequest:
+        """A checked request; ``project_id`` with ``task_id`` 0 trains on the project's
+        completed jobs (the exporter's project export)."""
         check_name(namespace, "namespace")
-        if task_id <= 0:
+        if task_id <= 0 and not (task_id == 0 and project_id > 0):
             raise InvalidArgument(f"CVAT task id must be 1 or more, got {task_id}")
         if not model_type:
             raise InvalidArgument(
@@ -119,7 +122,7 @@ class Catalog:
             details["base_model"] = str(base)
         return TrainingRequest(
             namespace=namespace,
-            cvat=common_pb2.CvatRef(task_id=task_id),
+            cvat=common_pb2.CvatRef(task_id=task_id, project_id=project_id),
             training=spec,
             details=details,
         )

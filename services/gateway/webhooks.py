@@ -9,7 +9,14 @@ What starts something (docs/cvat.md):
   ``acceptance``, in a project whose policy triggers per job: train on that job;
 - ``update:task`` whose ``status`` turns ``completed``, in a project whose
   policy triggers per task: train on the task;
+- ``update:job`` whose ``state`` turns ``completed`` in a project whose policy
+  retrains (``trigger: project``): count, and retrain when due
+  (``services.gateway.retrain``: answered accepted, queued or counted);
 - ``create:task`` in a watched project with a ready model: pre-annotate it.
+
+Besides, with a CVAT token, a completed job of a watched project whose task
+the gateway pre-annotated is measured: what the person corrected
+(``services.gateway.corrections``).
 
 A change is read from ``changes`` (``{"field": {"from", "to"}}``, recent
 servers) or else from ``before_update`` (``{"field": old}``) with the new value
@@ -43,9 +50,17 @@ import structlog
 
 from preannotate.cvat.client import CvatClient
 from preannotate.cvat.settings import CvatConnection, CvatSettings
-from preannotate.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+from preannotate.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    PreannotateError,
+    Unauthenticated,
+    Unavailable,
+)
+from services.gateway.corrections import CorrectionsDesk
 from services.gateway.jobs import JobFactory
 from services.gateway.policy import Policy, ProjectPolicy
+from services.gateway.retrain import Retrainer
 
 SIGNATURE_HEADER = "X-Signature-256"
 SIGNATURE_PREFIX = "sha256="
@@ -90,7 +105,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Answer:
-    """What the delivery did: ``status`` is pong, accepted, duplicate or ignored."""
+    """What the delivery did: ``status`` is pong, accepted, duplicate or ignored
+    (and, for a retraining project, queued or counted)."""
 
     status: str
     reason: str = ""
@@ -263,9 +279,15 @@ class WebhookDesk:
         policy: Policy,
         jobs: JobFactory,
         task_project: TaskProject | None = None,
+        retrainer: Retrainer | None = None,
+        corrections: CorrectionsDesk | None = None,
     ) -> None:
         if policy.confirm_tasks and policy.projects and task_project is None:
             raise ValueError("the policy confirms tasks with CVAT: give task_project")
+        if any(p.retrains for p in policy.projects) and retrainer is None:
+            raise ValueError("the policy has projects that retrain: give retrainer")
+        self.retrainer = retrainer
+        self.corrections = corrections
         self.secret = secret
         self.policy = policy
         self.jobs = jobs
@@ -365,6 +387,11 @@ class WebhookDesk:
         policy = self.policy.for_project(project_id)
         if policy is None:
             return self._ignored(event, f"project {project_id} is not watched", job=cvat_job)
+        if completed and self.corrections is not None:
+            await self._confirm(policy, task_id, event)
+            await self._measure(policy, job, task_id, cvat_job)
+        if policy.retrains:
+            return await self._retrain(payload, policy, task_id, cvat_job, completed)
         if policy.trigger != "job":
             return self._ignored(event, f"project {project_id} trains per task, not per job")
         await self._confirm(policy, task_id, event)
@@ -393,7 +420,9 @@ class WebhookDesk:
         if policy is None:
             return self._ignored(event, f"project {project_id} is not watched", task=task_id)
         if policy.trigger != "task":
-            return self._ignored(event, f"project {project_id} trains per job, not per task")
+            return self._ignored(
+                event, f"project {project_id} trains per {policy.trigger}, not per task"
+            )
         await self._confirm(policy, task_id, event)
         sub = await self.jobs.train_from_policy(
             policy,
@@ -403,6 +432,40 @@ class WebhookDesk:
             requested_by=requested_by(payload),
         )
         return Answer("accepted" if sub.created else "duplicate", job_id=sub.job_id)
+
+    async def _measure(
+        self, policy: ProjectPolicy, job: dict[str, Any], task_id: int, cvat_job: int
+    ) -> None:
+        """The corrections of a completed job; a failure is logged, the delivery goes on."""
+        assert self.corrections is not None
+        start, stop = job.get("start_frame"), job.get("stop_frame")
+        if not (isinstance(start, int) and isinstance(stop, int)):
+            log.warning("corrections not measured: the job has no frame range", job=cvat_job)
+            return
+        try:
+            await self.corrections.job_completed(
+                policy, task_id=task_id, cvat_job=cvat_job, start=start, stop=stop
+            )
+        except PreannotateError as exc:
+            log.warning("corrections not measured", job=cvat_job, error=str(exc))
+
+    async def _retrain(
+        self, payload: dict[str, Any], policy: ProjectPolicy, task_id: int, job: int, done: bool
+    ) -> Answer:
+        """A completed job of a retraining project: count it, retrain when due."""
+        if not done:
+            return self._ignored(payload["event"], "the job did not turn completed", job=job)
+        await self._confirm(policy, task_id, payload["event"])
+        assert self.retrainer is not None
+        answer = await self.retrainer.job_completed(
+            policy, task_id=task_id, cvat_job_id=job, requested_by=requested_by(payload)
+        )
+        return Answer(
+            answer.outcome,
+            reason=answer.reason,
+            job_id=answer.job_id,
+            extra={"generation": answer.generation},
+        )
 
     async def _task_created(self, payload: dict[str, Any]) -> Answer:
         event = payload["event"]
@@ -428,6 +491,8 @@ class WebhookDesk:
         sub = await self.jobs.annotate_from_policy(
             policy, job_id=job_id, task_id=task_id, model=model
         )
+        if sub.created and self.corrections is not None:
+            self.corrections.follow_annotation(policy, sub.job_id, task_id, model)
         return Answer(
             "accepted" if sub.created else "duplicate",
             job_id=sub.job_id,

@@ -2,6 +2,13 @@
 ``services.inference.targets``): the one domain function behind gRPC
 AnnotateTask and the ``annotation.requested`` event.
 
+0. Wait for the target's frames (``target.pending``): a CVAT task announced by
+   ``create:task`` has no data yet, and its frames and jobs appear only once
+   CVAT has processed the upload. Polled with a backoff (``WAIT_FIRST_SECONDS``
+   doubling up to ``WAIT_MAX_SECONDS``) for at most ``data_wait_seconds``,
+   reporting why on the progress callback (``Progress.waiting``) and calling
+   ``checkpoint()`` between polls; past the limit the run fails
+   (``FailedPrecondition``) with what CVAT was at.
 1. Read the target's labels and frames. Model classes map to labels by name;
    classes without a label are reported and their detections dropped (no
    class matching at all is an error: nothing could be written).
@@ -31,17 +38,25 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from preannotate.errors import InvalidArgument
-from services.inference import images, metrics
+from preannotate.errors import FailedPrecondition, InvalidArgument
+from services.inference import images, metrics, thresholds
 from services.inference.backends.base import ImageInput
 from services.inference.predictor import Predictor
 from services.inference.registry import ModelEntry
 from services.inference.runledger import RunLedger, RunState
 from services.inference.targets import FrameResult, Target, is_frame_problem
+from services.inference.targets.tracked import detection_floor
+
+#: First wait between two checks of a target's data, doubled after each check.
+WAIT_FIRST_SECONDS = 0.5
+#: Longest wait between two checks.
+WAIT_MAX_SECONDS = 15.0
+#: What names the wait limit in messages.
+DATA_WAIT_SETTING = "PREANNOTATE_CVAT_DATA_WAIT_SECONDS"
 
 
 @dataclass
@@ -54,6 +69,8 @@ class Progress:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     unmatched_classes: tuple[str, ...] = ()
     done: bool = False
+    #: While the run waits for the target's data: why (for the job status).
+    waiting: str = ""
 
 
 @dataclass
@@ -103,11 +120,13 @@ class Annotator:
         batch_size: int = 8,
         fetch_concurrency: int = 8,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
+        data_wait_seconds: float = 1800.0,
     ) -> None:
         self.predictor = predictor
         self.batch_size = batch_size
         self.fetch_concurrency = fetch_concurrency
         self.max_pixels = max_pixels
+        self.data_wait_seconds = data_wait_seconds
 
     async def run(
         self,
@@ -117,13 +136,14 @@ class Annotator:
         on_progress: ProgressCallback | None = None,
         checkpoint: Callable[[], None] | None = None,
         ledger: RunLedger | None = None,
+        label_thresholds: Mapping[str, float] | None = None,
     ) -> AnnotateResult:
         """Run one pre-annotation; ``checkpoint()`` is called before each batch and
         may raise (``Cancelled``, ``Interrupted``) to stop the run there. With
-        ``ledger``, an earlier attempt of the same run is resumed (module doc)."""
+        ``ledger``, an earlier attempt of the same run is resumed (module doc).
+        ``label_thresholds``: labels' own thresholds (``thresholds``)."""
         started = time.perf_counter()
-        if not 0 <= threshold <= 1:
-            raise InvalidArgument(f"threshold {threshold} is not in 0..1")
+        cuts = thresholds.check(threshold, label_thresholds or {}, model.classes)
         state = await asyncio.to_thread(ledger.load) if ledger is not None else RunState()
         if state.finished is not None:
             done = _from_record(state.finished)
@@ -131,6 +151,7 @@ class Annotator:
                 await on_progress(_final_progress(done))
             return done
         resume = ledger is not None and target.resumable
+        await self.wait_for_data(target, on_progress, checkpoint)
         labels, frames = await asyncio.gather(target.labels(), target.frames())
         mapping, unmatched = label_ids(model, labels)
 
@@ -189,16 +210,17 @@ class Annotator:
                     checkpoint()
                 results: list[FrameResult] = []
                 if batch_images:
-                    founds = await self.predictor.detect(model, batch_images, threshold)
+                    # lower while linking tracks or ranking doubt; then each label's own
+                    floor = detection_floor(target, cuts.lowest())
+                    founds = await self.predictor.detect(model, batch_images, floor)
                     for frame, image, found in zip(batch_frames, batch_images, founds, strict=True):
-                        results.append(
-                            FrameResult(
-                                frame,
-                                image.width,
-                                image.height,
-                                [(mapping[d.label], d) for d in found if d.label in mapping],
-                            )
-                        )
+                        kept = [
+                            (mapping[d.label], d)
+                            for d in found
+                            if d.label in mapping
+                            and d.score >= detection_floor(target, cuts.of(d.label))
+                        ]
+                        results.append(FrameResult(frame, image.width, image.height, kept))
                 await self._put(writes, write_task, _Batch(batch_frames, results, skipped))
             await self._put(writes, write_task, None)
             await write_task
@@ -208,7 +230,10 @@ class Annotator:
                 write_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await write_task
-        await target.finish()
+        finished = await target.finish() or 0  # tracks (targets.tracked): written at the end
+        shapes_counter.inc(finished)
+        result.shapes_written += finished
+        progress.shapes_written = result.shapes_written
         result.seconds = time.perf_counter() - started
         if ledger is not None:
             await asyncio.to_thread(ledger.finished, _to_record(result))
@@ -216,6 +241,31 @@ class Annotator:
         progress.done = True
         await report()
         return result
+
+    async def wait_for_data(
+        self,
+        target: Target,
+        on_progress: ProgressCallback | None = None,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> None:
+        """Return once ``target``'s frames can be read (module doc, step 0)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.data_wait_seconds
+        pause = WAIT_FIRST_SECONDS
+        while (why := await target.pending()) is not None:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise FailedPrecondition(
+                    f"{target.describe}: CVAT has not finished the task's data after "
+                    f"{self.data_wait_seconds:g} s ({why}); upload the task's data, or allow "
+                    f"longer with {DATA_WAIT_SETTING}"
+                )
+            if on_progress is not None:
+                await on_progress(Progress(frames_total=0, waiting=why))
+            if checkpoint is not None:
+                checkpoint()
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, WAIT_MAX_SECONDS)
 
     @staticmethod
     async def _put(queue: asyncio.Queue, writer: asyncio.Task, item: Any) -> None:

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 from preannotate import events, keys, topics
 from preannotate.errors import (
@@ -28,7 +28,7 @@ from preannotate.service import Resources
 from preannotate.status import snapshot
 from preannotate.telemetry.logging import get_logger
 from preannotate.v1 import common_pb2, events_pb2
-from services.inference import images, metrics
+from services.inference import images, metrics, thresholds
 from services.inference.annotate import Annotator, Progress
 from services.inference.backends import Backend, make_backend
 from services.inference.postprocess import Detected
@@ -37,6 +37,8 @@ from services.inference.registry import ModelEntry, ModelRegistry, entry_from_ev
 from services.inference.runledger import RunLedger, run_key
 from services.inference.settings import InferenceSettings
 from services.inference.targets import open_target
+from services.inference.targets.reviewed import ReviewedTarget, reviewed
+from services.inference.targets.tracked import tracked
 
 SERVICE = "inference"
 #: Least seconds between two progress reports of one run (job status, events).
@@ -56,6 +58,12 @@ class AnnotationJob:
     mode: int = events_pb2.ANNOTATE_MODE_APPEND
     #: Who asked (the token's name over gRPC): recorded in the job's status details.
     requested_by: str = ""
+    #: Write CVAT tracks (``targets.tracked``); a video task gets them anyway.
+    tracks: bool = False
+    #: Most review issues opened per CVAT job (``targets.reviewed``); 0: none.
+    review_issues: int = 0
+    #: Labels' own thresholds (``thresholds``); the others use ``threshold``.
+    label_thresholds: Mapping[str, float] = field(default_factory=dict)
 
 
 class InferenceApp:
@@ -76,8 +84,13 @@ class InferenceApp:
         self.resources = resources
         registry = ModelRegistry(resources.storage, log=self.log)
         found = await registry.refresh()
+        await registry.refresh_promotions(force=True)  # TF Serving keeps the promoted loaded
         backend = make_backend(
-            self.settings, resources.storage, registry.entries, registry.quarantine
+            self.settings,
+            resources.storage,
+            registry.entries,
+            registry.quarantine,
+            pinned=registry.pinned,
         )
         await backend.start()
         s = self.settings
@@ -94,6 +107,7 @@ class InferenceApp:
             batch_size=s.inference_batch_size,
             fetch_concurrency=s.inference_fetch_concurrency,
             max_pixels=s.inference_max_image_pixels,
+            data_wait_seconds=s.cvat_data_wait_seconds,
         )
         self.registry, self.backend = registry, backend
         metrics.MODELS_KNOWN.set(len(registry.entries()))
@@ -127,6 +141,7 @@ class InferenceApp:
         await registry.refresh()
         if not registry.add(entry):
             entry = registry.get(*entry.key) or entry
+        await registry.refresh_promotions(entry.namespace, entry.name, force=True)
         metrics.MODELS_KNOWN.set(len(registry.entries()))
         await backend.prepare(entry)
         return entry, not known
@@ -138,9 +153,14 @@ class InferenceApp:
         return registry.entries(namespace or None)
 
     def latest(self) -> list[ModelEntry]:
-        """The newest version of every model."""
+        """The serving (promoted) version of every model."""
         registry, _, _, _ = self._ready()
         return registry.latest()
+
+    async def refresh_promotions(self) -> None:
+        """Read every model's promotion state from storage now."""
+        registry, _, _, _ = self._ready()
+        await registry.refresh_promotions(force=True)
 
     async def resolve(self, ref: common_pb2.ModelRef) -> ModelEntry:
         _, _, predictor, _ = self._ready()
@@ -182,13 +202,27 @@ class InferenceApp:
         ref.CopyFrom(job.model)
         ref.namespace = ref.namespace or job.namespace
         model = await self.resolve(ref)
+        cuts = thresholds.check(threshold, job.label_thresholds, model.classes)
         replace = job.mode == events_pb2.ANNOTATE_MODE_REPLACE
         target = open_target(self.settings, job.cvat, model, replace=replace)
-        ledger = self._ledger(job, target.describe, model, threshold)
+        target = tracked(
+            target,
+            requested=job.tracks,
+            threshold=threshold,
+            label_thresholds=bool(cuts.labels),
+        )
+        target = reviewed(target, issues_per_job=job.review_issues, threshold=cuts.of)
+        ledger = self._ledger(job, target.describe, model, cuts.key())
         outcome = "failed"
         try:
             result = await annotator.run(
-                target, model, threshold, on_progress, checkpoint, ledger=ledger
+                target,
+                model,
+                threshold,
+                on_progress,
+                checkpoint,
+                ledger=ledger,
+                label_thresholds=cuts.labels,
             )
             outcome = "succeeded"
         except (Cancelled, asyncio.CancelledError):
@@ -209,6 +243,7 @@ class InferenceApp:
             shapes=result.shapes_written,
             skipped=len(result.skipped),
             seconds=round(result.seconds, 2),
+            review_issues=len(target.opened) if isinstance(target, ReviewedTarget) else 0,
         )
         return events_pb2.TaskPreannotated(
             job_id=job.job_id,
@@ -223,7 +258,7 @@ class InferenceApp:
         )
 
     def _ledger(
-        self, job: AnnotationJob, target: str, model: ModelEntry, threshold: float
+        self, job: AnnotationJob, target: str, model: ModelEntry, threshold: str
     ) -> RunLedger | None:
         """The run's write ledger (``runledger``): one per job id and what it asks."""
         if self.resources is None or not job.job_id:
@@ -296,6 +331,8 @@ def check_job_id(job_id: str) -> str:
 
 
 def describe(progress: Progress) -> str:
+    if progress.waiting:
+        return progress.waiting
     return (
         f"{progress.frames_done} of {progress.frames_total} frames, "
         f"{progress.shapes_written} shapes, {progress.frames_skipped} skipped"

@@ -7,7 +7,9 @@
   the converter's.
 - ``annotation.requested``: pre-annotate the CVAT task or local folder
   (``InferenceApp.annotate``, the same work as gRPC AnnotateTask), report
-  progress on job.status, and emit ``task.preannotated`` with the counts. A
+  progress on job.status (while a new task's data is still being processed
+  by CVAT: "waiting for CVAT to finish the task's data: ..."), and emit
+  ``task.preannotated`` with the counts. A
   redelivered record resumes its run from the write ledger
   (``services.inference.runledger``): shapes are written once per frame.
 """
@@ -61,11 +63,18 @@ class InferenceHandlers:
         self, msg: events_pb2.AnnotationRequested, ctx: Context
     ) -> Outcome:
         last = 0.0
+        said = ""
         started = time.monotonic()
 
         async def report(progress: Progress) -> None:
-            nonlocal last
+            nonlocal last, said, started
             now = time.monotonic()
+            if progress.waiting:
+                if progress.waiting != said or now - last >= REPORT_EVERY_SECONDS:
+                    last, said = now, progress.waiting
+                    await ctx.report(stage=events_pb2.JOB_STAGE_ANNOTATE, message=said)
+                started = now  # the rate counts from when frames can be read
+                return
             if progress.done or now - last < REPORT_EVERY_SECONDS:
                 return
             last = now
@@ -93,6 +102,9 @@ class InferenceHandlers:
                 model=msg.model,
                 threshold=msg.threshold,
                 mode=msg.mode,
+                tracks=msg.tracks,
+                review_issues=msg.review_issues,
+                label_thresholds=dict(msg.label_thresholds),
             ),
             on_progress=report,
             checkpoint=lambda: checkpoint(msg, ctx),

@@ -10,7 +10,8 @@ Point CVAT at it with ``CVAT_SERVERLESS=1``, ``CVAT_NUCLIO_HOST=<this host>``,
                                      {"image": <base64>, "threshold": <float>}
                                      -> [{"label", "type", "points", "confidence", ...}]
 
-A function is the newest version of one model, named
+A function is the serving version of one model (its promoted version: see
+``registry``; read again on every listing), named
 ``preannotate.<namespace>.<model>`` (CVAT accepts ``[a-zA-Z0-9_.-]+``). What
 CVAT reads of a function (cvat/apps/lambda_manager/views.py): metadata.name,
 metadata.annotations.type / name / spec (a JSON *string* of labels) /
@@ -159,6 +160,7 @@ class NuclioApi:
 
     async def list_functions(self, request: web.Request) -> web.Response:
         try:
+            await self.app.refresh_promotions()
             latest = [e for e in self.app.latest() if e.namespace in self.namespaces]
         except PreannotateError as exc:
             return error_response(exc)

@@ -7,6 +7,14 @@ Version 0 in a lookup means the newest version. A failed lookup first looks in
 storage again (another replica may have taken the event), then answers with
 what exists.
 
+Version 0 (and ``latest``, the Nuclio function list) means the serving
+version: the model's promoted version (``preannotate.promotion``, read from
+storage at most every ``promotion_ttl`` seconds by lookups, on every call by
+``refresh_promotions(force=True)``), or the version promoted before it while
+the promoted one is not servable here; a model that has never been through
+the promotion gate serves its newest version. Other versions (candidates)
+are served only when asked for by number.
+
 A version the serving backend could not load is quarantined (``quarantine``,
 called by the TF Serving backend): it stays known but is left out of the
 listings (``entries``, ``latest``, so ListModels shows servable models only),
@@ -18,17 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from preannotate import keys, layout
+from preannotate import keys, layout, promotion
 from preannotate.classes import parse_classes
 from preannotate.errors import FailedPrecondition, InvalidArgument, NotFound
+from preannotate.promotion import PromotionState
 from preannotate.storage import MANIFEST, Storage, read_manifest
 from preannotate.v1 import common_pb2, events_pb2
 
 CLASSES_ASSET = "assets/classes.csv"
+#: Default seconds a model's promotion state is trusted before a lookup reads it again.
+PROMOTION_TTL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -181,9 +193,19 @@ def entry_from_manifest(
 class ModelRegistry:
     """Known model versions. Not thread-safe: use it from the event loop."""
 
-    def __init__(self, storage: Storage | None = None, log: Any = None) -> None:
+    def __init__(
+        self,
+        storage: Storage | None = None,
+        log: Any = None,
+        *,
+        promotion_ttl: float = PROMOTION_TTL_SECONDS,
+    ) -> None:
         self.storage = storage
         self.log = log
+        #: Seconds a model's promotion state read from storage is used before it is
+        #: read again by a version-0 lookup (the Nuclio listing always reads it).
+        self.promotion_ttl = promotion_ttl
+        self._promotions: dict[tuple[str, str], tuple[float, PromotionState]] = {}
         self._entries: dict[tuple[str, str, int], ModelEntry] = {}
         #: Manifests that could not be read, with why (shown by failed lookups).
         self.broken: dict[str, str] = {}
@@ -214,22 +236,75 @@ class ModelRegistry:
         return sorted(out, key=lambda e: e.key)
 
     def latest(self, namespace: str | None = None) -> list[ModelEntry]:
-        """The newest version of every model (of ``namespace``)."""
-        newest: dict[tuple[str, str], ModelEntry] = {}
-        for e in self.entries(namespace):
-            newest[(e.namespace, e.name)] = e
-        return list(newest.values())
+        """The serving version of every model (of ``namespace``): see ``get``."""
+        models = {(e.namespace, e.name) for e in self.entries(namespace)}
+        found = (self.get(ns, name) for ns, name in sorted(models))
+        return [e for e in found if e is not None]
 
     def get(self, namespace: str, name: str, version: int = 0) -> ModelEntry | None:
-        """That version (quarantined or not); version 0: the newest not quarantined."""
+        """That version (quarantined or not); version 0: the serving one, not quarantined:
+        the promoted version (``preannotate.promotion``; the one promoted before it while
+        it is not servable here), or the newest of a model never gated."""
         if version:
             return self._entries.get((namespace, name, version))
-        versions = [
-            e
+        versions = {
+            k[2]: e
             for k, e in self._entries.items()
             if k[:2] == (namespace, name) and k not in self.quarantined
+        }
+        known = self._promotions.get((namespace, name))
+        state = known[1] if known else PromotionState(namespace, name)
+        chosen = state.serving_version(versions)
+        return None if chosen is None else versions[chosen]
+
+    def pinned(self) -> set[tuple[str, str, int]]:
+        """Every model's versions that must stay loaded (``PromotionState.pinned``),
+        as of the promotion states read last."""
+        return {
+            (ns, name, v)
+            for (ns, name), (_, state) in self._promotions.items()
+            for v in state.pinned()
+        }
+
+    async def refresh_promotions(
+        self, namespace: str | None = None, name: str | None = None, *, force: bool = False
+    ) -> None:
+        """Read the promotion state of the known models (of ``namespace``, or one model)
+        from storage: those read more than ``promotion_ttl`` seconds ago, or all with
+        ``force``."""
+        if self.storage is None:
+            return
+        now = time.monotonic()
+        wanted = {
+            (e.namespace, e.name)
+            for e in self._entries.values()
+            if namespace in (None, e.namespace) and name in (None, e.name)
+        }
+        stale = [
+            key
+            for key in sorted(wanted)
+            if force
+            or key not in self._promotions
+            or now - self._promotions[key][0] > self.promotion_ttl
         ]
-        return max(versions, key=lambda e: e.version) if versions else None
+        if stale:
+            states = await asyncio.to_thread(self._read_promotions, stale)
+            for key, state in zip(stale, states, strict=True):
+                self._promotions[key] = (now, state)
+
+    def _read_promotions(self, wanted: list[tuple[str, str]]) -> list[PromotionState]:
+        """Each model's state; an unreadable log keeps the state read before (logged)."""
+        assert self.storage is not None
+        out = []
+        for ns, name in wanted:
+            try:
+                out.append(promotion.read(self.storage, ns, name))
+            except FailedPrecondition as exc:
+                known = self._promotions.get((ns, name))
+                out.append(known[1] if known else PromotionState(ns, name))
+                if self.log is not None:
+                    self.log.error("promotion log unreadable", model=f"{ns}/{name}", error=str(exc))
+        return out
 
     async def resolve(self, namespace: str, name: str, version: int = 0) -> ModelEntry:
         """The entry for namespace/name/version (0: newest); looks in storage on a miss."""
@@ -237,9 +312,13 @@ class ModelRegistry:
         keys.check_name(name, "model name")
         if version < 0:
             raise InvalidArgument(f"version {version} is not allowed: use 0 (newest) or 1 and up")
+        if not version:
+            await self.refresh_promotions(namespace, name)
         entry = self.get(namespace, name, version)
         if entry is None and self.storage is not None:
             await self.refresh(namespace, name)
+            if not version:
+                await self.refresh_promotions(namespace, name, force=True)
             entry = self.get(namespace, name, version)
         if entry is not None and entry.key in self.quarantined:
             raise FailedPrecondition(

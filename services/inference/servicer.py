@@ -16,7 +16,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from preannotate.auth import caller
+from preannotate.cvat.scope import check_task
 from preannotate.errors import InvalidArgument, PreannotateError
+from preannotate.status import claim_job_id
 from preannotate.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.annotate import Progress
 from services.inference.app import AnnotationJob, InferenceApp, check_job_id
@@ -63,11 +65,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def _allowed(self, ref: common_pb2.ModelRef) -> None:
         caller().check(ref.namespace or self.app.settings.namespace)
 
-    def _claim(self, job: AnnotationJob) -> None:
-        """A job id the caller chose must not be another namespace's (or a training job's)."""
-        view = self.app.resources.status_view if self.app.resources is not None else None
-        if view is not None:
-            view.claim(job.job_id, job.namespace, events_pb2.JOB_KIND_ANNOTATION)
+    async def _claim(self, job: AnnotationJob) -> None:
+        """A job id the caller chose must not be another namespace's (or a training job's):
+        not in the status view, and held for this namespace in storage (``claim_job_id``)."""
+        resources = self.app.resources
+        if resources is None:
+            return
+        kind = events_pb2.JOB_KIND_ANNOTATION
+        if resources.status_view is not None:
+            resources.status_view.claim(job.job_id, job.namespace, kind)
+        await asyncio.to_thread(claim_job_id, resources.storage, job.job_id, job.namespace, kind)
 
     async def Predict(self, request, context):
         self._allowed(request.model)
@@ -143,6 +150,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgument(f"mode {request.mode} is not an AnnotateMode")
         self._allowed(request.model)
         check_target_ref(self.app.settings, request.cvat)  # before any status is written
+        await check_task(caller(), request.cvat, self.app.settings)
         job = AnnotationJob(
             job_id=check_job_id(request.job_id),
             namespace=request.model.namespace or self.app.settings.namespace,
@@ -151,8 +159,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             threshold=request.threshold,
             mode=request.mode or events_pb2.ANNOTATE_MODE_APPEND,
             requested_by=caller().caller,
+            tracks=request.tracks,
+            review_issues=request.review_issues,
+            label_thresholds=dict(request.label_thresholds),
         )
-        self._claim(job)
+        await self._claim(job)
         updates: asyncio.Queue = asyncio.Queue()
 
         async def on_progress(p: Progress) -> None:

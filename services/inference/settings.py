@@ -46,6 +46,9 @@ class InferenceSettings(CvatSettings):
     #: What Predict sends: "encoded" (the JPEG/PNG bytes, to serving_default)
     #: or "tensor" (decoded pixels, to the image-tensor signature).
     tfserving_input: Literal["encoded", "tensor"] = "encoded"
+    #: Versions of each model TF Serving loads: the newest N; older ones are
+    #: refused. deploy/'s serving-sync keeps the same N in TF Serving's mirror.
+    tfserving_keep_versions: int = Field(3, ge=1)
 
     #: In-process backend: most MiB of SavedModels (their size on disk) kept
     #: loaded; the least recently used is dropped first.
@@ -73,6 +76,10 @@ class InferenceSettings(CvatSettings):
     # CVAT (the connection fields are CvatSettings').
     #: Frame quality fetched from CVAT: "original" or "compressed".
     cvat_frame_quality: Literal["original", "compressed"] = "original"
+    #: Longest wait for a task's data: CVAT fires create:task before the data
+    #: is uploaded and processed (minutes for a large upload); a run polls
+    #: until the frames and jobs are in, then fails with what CVAT was at.
+    cvat_data_wait_seconds: float = Field(1800.0, ge=0)
 
     # Local folders as targets (CvatRef.url = file://<root>, see targets.folder).
     #: Whether a run may read <root>/images/default/ and write

@@ -14,12 +14,20 @@
 3. Claim the model version (``job.claim``): the ``TrainingRun`` that every
    step of the job takes. A version of this job that is finished already (its
    manifest exists): emit the same ``ModelTrained`` again, do nothing else.
-4. Run the job (``services.trainer.job``) in a thread; its progress reaches
+4. Count how long the job waited in its pool's queue (since its record's
+   ``ce_time``: ``preannotate_trainer_queue_wait_seconds``), then run the job
+   (``services.trainer.job``) in a thread; its progress reaches
    ``job.status`` through ``preannotate.progress.ThreadReports`` (a report
    that cannot be written is logged and counted, and training goes on), and
    the Prometheus gauges (``metrics``). ``ctx.cancel_requested`` stops it at
    the next step (``Cancelled``); ``ctx.stop_requested`` (shutdown)
    checkpoints and leaves the record for redelivery (``Interrupted``).
+5. The promotion gate (``preannotate.promotion``), still holding the lease:
+   the new version is promoted when its mAP@0.5 on the model's evaluation set
+   is not below the promoted one's minus ``promotion_tolerance``, else it stays
+   a candidate; the decision is logged once per version and counted
+   (``preannotate_trainer_promotion_decisions_total``), and the job's final
+   message says it.
 
 An event that names no namespace is the service's (``settings.namespace``).
 """
@@ -29,9 +37,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from preannotate import arguments, topics
+from preannotate import arguments, layout, promotion, topics
 from preannotate.catalog import Catalog, default_catalog
-from preannotate.errors import InvalidArgument
+from preannotate.errors import InvalidArgument, NotFound
 from preannotate.handler import Context, Outcome
 from preannotate.keys import check_name, dataset_prefix, default_model_name
 from preannotate.lease import Lease, LeaseKeeper, holder_id
@@ -175,10 +183,52 @@ async def handle_dataset_exported(
     try:
         with LeaseKeeper(lease) as keeper:
             trained = await _train(msg, ctx, request, settings, catalog, lease, keeper)
+            await asyncio.to_thread(lease.check)
+            decision = await _gate(ctx, trained, settings)
         await asyncio.to_thread(lease.check)  # publish only while this worker holds the job
     finally:
         await asyncio.to_thread(lease.release)
-    return _outcome(msg, trained)
+    return _outcome(msg, trained, decision)
+
+
+def _measured(storage, namespace: str, name: str, version: int) -> promotion.Measured | None:
+    """A finished version's metrics and evaluation set, from its manifest."""
+    try:
+        _, manifest = layout.resolve(storage, namespace, name, version)
+    except NotFound:
+        return None
+    evaluation = manifest.get("evaluation") or {}
+    return promotion.Measured(
+        version,
+        {k: float(v) for k, v in (manifest.get("metrics") or {}).items()},
+        str(evaluation.get("set", "")) if isinstance(evaluation, dict) else "",
+    )
+
+
+async def _gate(
+    ctx: Context, trained: job_lib.TrainedModel, settings: TrainerSettings
+) -> promotion.Decision:
+    """The promotion gate on the new version (once per version; a redelivery keeps it)."""
+    evaluation = trained.manifest.get("evaluation") or {}
+    candidate = promotion.Measured(trained.version, trained.metrics, str(evaluation.get("set", "")))
+    decision, logged = await asyncio.to_thread(
+        promotion.gate,
+        ctx.storage,
+        candidate,
+        namespace=trained.namespace,
+        name=trained.name,
+        tolerance=settings.promotion_tolerance,
+        measured=lambda v: _measured(ctx.storage, trained.namespace, trained.name, v),
+    )
+    if logged:
+        metrics.PROMOTION_DECISIONS.labels("promoted" if decision.promote else "refused").inc()
+    ctx.log.info(
+        "promotion gate",
+        model=trained.prefix,
+        promoted=decision.promote,
+        reason=decision.reason,
+    )
+    return decision
 
 
 async def _train(
@@ -200,6 +250,7 @@ async def _train(
     model = common_pb2.ModelRef(
         namespace=request.namespace, name=request.model_name, version=run.version
     )
+    metrics.observe_queue_wait(settings.machine_type, ctx.record.headers if ctx.record else None)
     reports = ThreadReports(ctx, asyncio.get_running_loop(), stage=STAGE, model=model)
     metrics.JOBS_RUNNING.inc()
     try:
@@ -220,10 +271,14 @@ async def _train(
         await reports.settle()
 
 
-def _outcome(msg: events_pb2.DatasetExported, trained: job_lib.TrainedModel) -> Outcome:
+def _outcome(
+    msg: events_pb2.DatasetExported, trained: job_lib.TrainedModel, decision: promotion.Decision
+) -> Outcome:
     metrics_text = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items() if "mAP" in k)
+    verdict = "promoted" if decision.promote else "a candidate, not promoted"
     message = (
         f"trained {trained.namespace}/{trained.name}/{trained.version} in {trained.steps} steps"
         + (f" ({metrics_text})" if metrics_text else "")
+        + f"; {verdict}: {decision.reason}"
     )
     return Outcome.emit(topics.MODEL_TRAINED, model_trained(msg, trained), final_message=message)

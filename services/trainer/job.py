@@ -11,8 +11,10 @@
 4. Build the Model Garden experiment (``configs``), write ``experiment.yaml``
    and ``classes.csv``, train (``training``) while checkpoints and TensorBoard
    files go up to storage after every save (``checkpoints``).
-5. Evaluate on the validation split, write ``metrics.json``, and the model
-   prefix's ``manifest.json`` last: only that marks the version finished.
+5. Evaluate on the model's frozen evaluation set (``evalset``: the first
+   training's validation split, never trained on by later ones), write
+   ``metrics.json``, and the model prefix's ``manifest.json`` last: only that
+   marks the version finished.
 
 A cancel, or a failure no retry can fix, deletes the version's prefix
 (nothing half-written stays); a shutdown or a retryable failure keeps it, so
@@ -40,7 +42,7 @@ from preannotate.classes import classes_csv
 from preannotate.errors import Interrupted, NotFound, is_retryable
 from preannotate.keys import check_name
 from preannotate.storage import PrefixWriter, Storage, read_manifest
-from services.trainer import checkpoints, dataset, initialisation, versions
+from services.trainer import checkpoints, dataset, evalset, initialisation, versions
 from services.trainer.dataset import LocalDataset
 from services.trainer.initialisation import InitSpec
 from services.trainer.progress import TrainProgress
@@ -198,11 +200,16 @@ def _train(
     should_interrupt: Callable[[], bool],
     fence: Callable[[], None],
 ) -> TrainedModel:
-    request, prefix = run.request, run.prefix
-    entry = request.entry
+    prefix = run.prefix
     details: dict[str, str] = {"model": str(run), "version": str(run.version)}
-    reporter.status(f"downloading dataset {request.dataset_prefix}", details)
-    data = dataset.fetch(storage, request.dataset_prefix, folder.dataset)
+    reporter.status(f"downloading dataset {run.request.dataset_prefix}", details)
+    data = dataset.fetch(storage, run.request.dataset_prefix, folder.dataset)
+    # The model's frozen evaluation set: frozen now, or left out of training and
+    # used for evaluation (the run's image counts follow).
+    prepared = evalset.prepare(storage, run, data, folder.root / "split")
+    data, run = prepared.data, prepared.run
+    request, entry = run.request, run.request.entry
+    details["evaluation_set"] = prepared.record.get("set") or "none"
     plan = arguments_lib.resolve(request.arguments, entry, request.train_images)
     details.update(plan.details())
 
@@ -316,6 +323,9 @@ def _train(
         step=outcome.step,
         checkpoint=checkpoints.checkpoint_key(prefix, outcome.step),
         metrics=metrics,
+        evaluation=evalset.freeze(storage, prepared, fence)
+        if raw
+        else {**prepared.record, "set": "", "note": "not evaluated (eval=false)"},
     )
     manifest = _finish(
         storage=storage,
@@ -383,6 +393,7 @@ def _manifest(
     step: int,
     checkpoint: str,
     metrics: dict[str, float],
+    evaluation: dict[str, Any],
 ) -> dict[str, Any]:
     """The model version's manifest (``PrefixWriter.commit`` adds its files)."""
     request, entry = run.request, run.request.entry
@@ -403,6 +414,7 @@ def _manifest(
         "steps": step,
         "checkpoint": checkpoint,
         "metrics": metrics,
+        "evaluation": evaluation,
         "init": init.details(),
         "plan": plan.details(),
         "arguments": request.arguments.text,
@@ -436,6 +448,7 @@ def _finish(
                 "coco": coco,
                 "step": step,
                 "val_images": request.val_images,
+                "evaluation": manifest["evaluation"],
                 "init": manifest["init"],
             },
             indent=2,

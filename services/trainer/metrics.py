@@ -1,4 +1,5 @@
-"""The trainer's Prometheus gauges, one series per running job (labels job_id, model_type).
+"""The trainer's Prometheus metrics: gauges with one series per running job
+(labels job_id, model_type), and how long jobs waited in their pool's queue.
 
 Served on the service's /metrics with the platform's metrics
 (``preannotate.telemetry.metrics``); a job's series are removed when it ends.
@@ -7,8 +8,11 @@ Served on the service's /metrics with the platform's metrics
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Mapping
+from datetime import datetime
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.trainer.progress import TrainProgress
 
@@ -24,6 +28,21 @@ LEARNING_RATE = Gauge("preannotate_trainer_learning_rate", "Current learning rat
 ETA_SECONDS = Gauge("preannotate_trainer_eta_seconds", "Estimated seconds to the end", LABELS)
 PROGRESS_RATIO = Gauge("preannotate_trainer_progress_ratio", "step / total steps", LABELS)
 JOBS_RUNNING = Gauge("preannotate_trainer_jobs_running", "Training jobs running in this worker")
+PROMOTION_DECISIONS = Counter(
+    "preannotate_trainer_promotion_decisions_total",
+    "Promotion gate decisions on newly trained versions (promoted or refused)",
+    ["decision"],
+)
+
+#: Up to a day: a GPU pool at 0 replicas waits minutes for a node, a busy one hours.
+QUEUE_WAIT_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 57600, 86400)
+QUEUE_WAIT_SECONDS = Histogram(
+    "preannotate_trainer_queue_wait_seconds",
+    "Seconds from a job's DatasetExported on train.jobs.<machine_type> (its ce_time) "
+    "to the start of its training",
+    ["machine_type"],
+    buckets=QUEUE_WAIT_BUCKETS,
+)
 
 _PER_JOB = (STEP, TOTAL_STEPS, LOSS, IMAGES_PER_SECOND, LEARNING_RATE, ETA_SECONDS, PROGRESS_RATIO)
 
@@ -44,3 +63,22 @@ def forget(job_id: str, model_type: str) -> None:
     for gauge in _PER_JOB:
         with contextlib.suppress(KeyError):
             gauge.remove(job_id, model_type)
+
+
+def observe_queue_wait(
+    machine_type: str, headers: Mapping[str, str] | None, now: float | None = None
+) -> float | None:
+    """Count a training that starts now: the seconds since its event was queued.
+
+    The queue time is the record's CloudEvents ``ce_time`` (set when the exporter
+    published it; a redelivered or replayed record keeps it, so its wait counts
+    from the first queuing). A record without a readable one is not counted.
+    """
+    stamp = (headers or {}).get("ce_time", "")
+    try:
+        queued = datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+    waited = max(0.0, (time.time() if now is None else now) - queued)
+    QUEUE_WAIT_SECONDS.labels(machine_type).observe(waited)
+    return waited

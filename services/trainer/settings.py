@@ -47,6 +47,9 @@ class TrainerSettings(ServiceSettings):
     #: Seconds a delivery waits for another worker to let the job's lease go before
     #: it gives up with a retryable error.
     trainer_lease_wait_seconds: float = Field(120.0, ge=0)
+    #: The promotion gate: a new version serves when its mAP@0.5 on the model's
+    #: evaluation set is not below the promoted version's minus this.
+    promotion_tolerance: float = Field(0.02, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check_pool(self):

@@ -9,6 +9,7 @@ need it carry a long timeout.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -80,12 +81,45 @@ def run(cmd: list[str], *, cwd: Path = REPO, timeout: float = 120, **kw: Any):
     )
 
 
+#: The overlay whose secrets make-secrets.sh generates (git-ignored files).
+DEV = "overlays/dev"
+
+
+def copy_k8s(folder: Path) -> Path:
+    """A copy of deploy/k8s (and deploy/grafana, which the base reads) under
+    ``folder``; its k8s folder. Tests write generated secrets there, never in
+    the working tree."""
+    for part in ("k8s", "grafana"):
+        shutil.copytree(
+            DEPLOY / part,
+            folder / "deploy" / part,
+            ignore=shutil.ignore_patterns("secrets.env", "tokens.yaml", "token"),
+        )
+    return folder / "deploy" / "k8s"
+
+
+def make_dev_secrets(k8s: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the dev overlay's make-secrets.sh into ``k8s``'s dev overlay."""
+    return run(["sh", str(K8S / DEV / "make-secrets.sh"), *args, str(k8s / DEV)])
+
+
 @pytest.fixture(scope="session")
-def rendered(kustomize_bin: Path) -> dict[str, list[dict[str, Any]]]:
-    """``kustomize build`` of the base and of each overlay: their objects."""
+def dev_copy(tmp_path_factory) -> Path:
+    """deploy/k8s copied, with the dev overlay's secrets generated in the copy."""
+    k8s = copy_k8s(tmp_path_factory.mktemp("k8s"))
+    done = make_dev_secrets(k8s)
+    assert done.returncode == 0, done.stderr
+    return k8s
+
+
+@pytest.fixture(scope="session")
+def rendered(kustomize_bin: Path, dev_copy: Path) -> dict[str, list[dict[str, Any]]]:
+    """``kustomize build`` of the base and of each overlay: their objects (the dev
+    overlay from a copy with generated secrets)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name in OVERLAYS:
-        done = run([str(kustomize_bin), "build", str(K8S / name)])
+        root = dev_copy if name == DEV else K8S
+        done = run([str(kustomize_bin), "build", str(root / name)])
         if done.returncode != 0:
             pytest.fail(f"kustomize build deploy/k8s/{name} failed:\n{done.stderr}", pytrace=False)
         out[name] = [doc for doc in yaml.safe_load_all(done.stdout) if doc]

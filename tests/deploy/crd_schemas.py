@@ -1,9 +1,9 @@
 """Strict JSON schemas of the custom resources deploy/k8s uses.
 
-Written from the projects' documentation (KEDA ScaledObject and its kafka
-trigger, Strimzi KafkaTopic, Prometheus Operator ServiceMonitor and
-PrometheusRule), for the fields these manifests may use: an unknown or
-misspelt field fails here, where the CRDs' own schemas would prune it in
+Written from the projects' documentation (KEDA ScaledObject, ScaledJob and
+their kafka trigger, Strimzi Kafka, KafkaNodePool and KafkaTopic of the v1 API,
+Prometheus Operator ServiceMonitor, PodMonitor and PrometheusRule), for the
+fields these manifests may use: an unknown or misspelt field fails here, where the CRDs' own schemas would prune it in
 silence. The upstream CRD schemas are checked too (``validate_crds.mjs``).
 """
 
@@ -131,20 +131,28 @@ SCALED_OBJECT = _object(
     ["apiVersion", "kind", "metadata", "spec"],
 )
 
+STRIMZI_CLUSTER_LABELS = {
+    "type": "object",
+    "properties": {"strimzi.io/cluster": {"type": "string", "minLength": 1}},
+    "required": ["strimzi.io/cluster"],
+    "additionalProperties": {"type": "string"},
+}
+#: Kafka configuration: dotted lower-case keys (broker or topic config).
+KAFKA_CONFIG = {
+    "type": "object",
+    "propertyNames": {"pattern": r"^[a-z]+(\.[a-z]+)*$"},
+    "additionalProperties": {"type": ["string", "integer", "boolean"]},
+}
+
 KAFKA_TOPIC = _object(
     {
-        "apiVersion": {"const": "kafka.strimzi.io/v1beta2"},
+        "apiVersion": {"const": "kafka.strimzi.io/v1"},
         "kind": {"const": "KafkaTopic"},
         "metadata": {
             **METADATA,
             "properties": {
                 **METADATA["properties"],
-                "labels": {
-                    "type": "object",
-                    "properties": {"strimzi.io/cluster": {"type": "string", "minLength": 1}},
-                    "required": ["strimzi.io/cluster"],
-                    "additionalProperties": {"type": "string"},
-                },
+                "labels": STRIMZI_CLUSTER_LABELS,
             },
             "required": ["name", "labels"],
         },
@@ -153,11 +161,7 @@ KAFKA_TOPIC = _object(
                 "topicName": {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,249}$"},
                 "partitions": {"type": "integer", "minimum": 1},
                 "replicas": {"type": "integer", "minimum": 1, "maximum": 32767},
-                "config": {
-                    "type": "object",
-                    "propertyNames": {"pattern": r"^[a-z]+(\.[a-z]+)*$"},
-                    "additionalProperties": {"type": ["string", "integer", "boolean"]},
-                },
+                "config": KAFKA_CONFIG,
             },
             ["topicName", "partitions", "replicas"],
         ),
@@ -165,38 +169,52 @@ KAFKA_TOPIC = _object(
     ["apiVersion", "kind", "metadata", "spec"],
 )
 
-SERVICE_MONITOR = _object(
-    {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": METADATA,
-        "spec": _object(
-            {
-                "jobLabel": {"type": "string"},
-                "selector": _object(
-                    {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
-                    ["matchLabels"],
-                ),
-                "namespaceSelector": {"type": "object"},
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": _object(
+
+def _monitor(kind: str, endpoints: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ServiceMonitor or PodMonitor: a label selector and scrape endpoints
+    (``endpoints`` names the list: ``endpoints`` / ``podMetricsEndpoints``)."""
+    return _object(
+        {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": METADATA,
+            "spec": _object(
+                {
+                    **(extra or {}),
+                    "selector": _object(
                         {
-                            "port": {"type": "string"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
-                            "scheme": {"enum": ["http", "https"]},
+                            "matchLabels": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            }
                         },
-                        ["port"],
+                        ["matchLabels"],
                     ),
+                    "namespaceSelector": {"type": "object"},
+                    endpoints: {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": _object(
+                            {
+                                "port": {"type": "string"},
+                                "path": {"type": "string", "pattern": "^/"},
+                                "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
+                                "scheme": {"enum": ["http", "https"]},
+                                "honorLabels": {"type": "boolean"},
+                            },
+                            ["port"],
+                        ),
+                    },
                 },
-            },
-            ["selector", "endpoints"],
-        ),
-    },
-    ["apiVersion", "kind", "metadata", "spec"],
-)
+                ["selector", endpoints],
+            ),
+        },
+        ["apiVersion", "kind", "metadata", "spec"],
+    )
+
+
+SERVICE_MONITOR = _monitor("ServiceMonitor", "endpoints", {"jobLabel": {"type": "string"}})
+POD_MONITOR = _monitor("PodMonitor", "podMetricsEndpoints")
 
 PROMETHEUS_RULE = _object(
     {
@@ -246,9 +264,138 @@ PROMETHEUS_RULE = _object(
     ["apiVersion", "kind", "metadata", "spec"],
 )
 
+#: jobTargetRef is a batch/v1 JobSpec: the tests check it as a Job with the
+#: Kubernetes schemas (``kubernetes-validate``), so here it is only an object.
+SCALED_JOB = _object(
+    {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledJob"},
+        "metadata": METADATA,
+        "spec": _object(
+            {
+                "jobTargetRef": {"type": "object", "required": ["template"]},
+                "pollingInterval": {"type": "integer", "minimum": 1},
+                "successfulJobsHistoryLimit": {"type": "integer", "minimum": 0},
+                "failedJobsHistoryLimit": {"type": "integer", "minimum": 0},
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "rolloutStrategy": {"enum": ["default", "gradual"]},
+                "scalingStrategy": _object(
+                    {
+                        "strategy": {"enum": ["default", "custom", "accurate", "eager"]},
+                        "pendingPodConditions": {"type": "array", "items": {"type": "string"}},
+                    }
+                ),
+                "triggers": {"type": "array", "minItems": 1, "items": KAFKA_TRIGGER},
+            },
+            ["jobTargetRef", "triggers"],
+        ),
+    },
+    ["apiVersion", "kind", "metadata", "spec"],
+)
+
+RESOURCES = _object(
+    {
+        "requests": {"type": "object", "additionalProperties": {"type": "string"}},
+        "limits": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+)
+
+#: Strimzi's KafkaNodePool (v1): the nodes, their KRaft roles and storage.
+KAFKA_NODE_POOL = _object(
+    {
+        "apiVersion": {"const": "kafka.strimzi.io/v1"},
+        "kind": {"const": "KafkaNodePool"},
+        "metadata": {
+            **METADATA,
+            "properties": {**METADATA["properties"], "labels": STRIMZI_CLUSTER_LABELS},
+            "required": ["name", "labels"],
+        },
+        "spec": _object(
+            {
+                "replicas": {"type": "integer", "minimum": 1},
+                "roles": {
+                    "type": "array",
+                    "items": {"enum": ["controller", "broker"]},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+                "storage": {
+                    "oneOf": [
+                        _object({"type": {"const": "ephemeral"}, "sizeLimit": {"type": "string"}}),
+                        _object(
+                            {
+                                "type": {"const": "persistent-claim"},
+                                "size": {"type": "string"},
+                                "class": {"type": "string"},
+                                "deleteClaim": {"type": "boolean"},
+                                "kraftMetadata": {"enum": ["shared"]},
+                            },
+                            ["type", "size"],
+                        ),
+                    ]
+                },
+                "resources": RESOURCES,
+            },
+            ["replicas", "roles", "storage"],
+        ),
+    },
+    ["apiVersion", "kind", "metadata", "spec"],
+)
+
+LISTENER = _object(
+    {
+        "name": {"type": "string", "pattern": r"^[a-z0-9]{1,11}$"},
+        "port": {"type": "integer", "minimum": 9092},
+        "type": {
+            "enum": ["internal", "route", "loadbalancer", "nodeport", "ingress", "cluster-ip"]
+        },
+        "tls": {"type": "boolean"},
+    },
+    ["name", "port", "type", "tls"],
+)
+
+#: Strimzi's Kafka (v1): KRaft on node pools, so no replicas or storage here.
+KAFKA = _object(
+    {
+        "apiVersion": {"const": "kafka.strimzi.io/v1"},
+        "kind": {"const": "Kafka"},
+        "metadata": METADATA,
+        "spec": _object(
+            {
+                "kafka": _object(
+                    {
+                        "version": {"type": "string"},
+                        "metadataVersion": {"type": "string"},
+                        "listeners": {"type": "array", "items": LISTENER, "minItems": 1},
+                        "config": KAFKA_CONFIG,
+                        "resources": RESOURCES,
+                    },
+                    ["listeners"],
+                ),
+                "entityOperator": _object(
+                    {
+                        "topicOperator": _object({"resources": RESOURCES}),
+                        "userOperator": _object({}),
+                    }
+                ),
+                "kafkaExporter": _object(
+                    {"topicRegex": {"type": "string"}, "groupRegex": {"type": "string"}}
+                ),
+            },
+            ["kafka"],
+        ),
+    },
+    ["apiVersion", "kind", "metadata", "spec"],
+)
+
 SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("kafka.strimzi.io/v1", "Kafka"): KAFKA,
+    ("kafka.strimzi.io/v1", "KafkaNodePool"): KAFKA_NODE_POOL,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
-    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): KAFKA_TOPIC,
+    ("keda.sh/v1alpha1", "ScaledJob"): SCALED_JOB,
+    ("kafka.strimzi.io/v1", "KafkaTopic"): KAFKA_TOPIC,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
+    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
 }

@@ -3,8 +3,10 @@
 The exported metrics are read from prometheus_client's REGISTRY after importing
 ``preannotate.telemetry.metrics`` and every ``services/<name>/metrics.py``, in a
 fresh interpreter (so that no other test's metrics count, and so that we can
-see that none of these modules imports TensorFlow). TF Serving's own metrics
-and Prometheus' ``up`` are accepted by an explicit list.
+see that none of these modules imports TensorFlow). Metrics of other
+exporters (TF Serving, Prometheus' ``up``, Strimzi's Kafka Exporter, NVIDIA's
+DCGM exporter, kube-state-metrics) are accepted by an explicit list, ``EXTERNAL``,
+each with its source.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ EXTERNAL = {
     ":tensorflow:serving:runtime_latency": "histogram",
     # Prometheus itself, per scrape target.
     "up": "gauge",
+    # Strimzi's Kafka Exporter (the Kafka resource's spec.kafkaExporter), per
+    # consumergroup, topic and partition.
+    "kafka_consumergroup_lag": "gauge",
+    # NVIDIA's dcgm-exporter (the GPU Operator's; deploy/k8s/overlays/gpu/
+    # dcgm-exporter.yaml scrapes it), per GPU, with the namespace, pod and
+    # container the GPU is assigned to: utilisation in %, frame buffer in MiB.
+    "DCGM_FI_DEV_GPU_UTIL": "gauge",
+    "DCGM_FI_DEV_FB_USED": "gauge",
+    "DCGM_FI_DEV_FB_FREE": "gauge",
+    # kube-state-metrics (kube-prometheus-stack's), per namespace, pod, phase.
+    "kube_pod_status_phase": "gauge",
 }
 
 _REGISTRY_SCRIPT = """
@@ -146,12 +159,23 @@ def test_the_dashboard_has_the_panels_operations_needs(python_tools, exported) -
         "preannotate_consumer_lag",
         "preannotate_events_dead_lettered_total",
         ":tensorflow:serving:request_count",
+        "kafka_consumergroup_lag",
+        "preannotate_trainer_step",
+        "preannotate_trainer_queue_wait_seconds_bucket",
+        "kube_pod_status_phase",
+        "DCGM_FI_DEV_GPU_UTIL",
+        "DCGM_FI_DEV_FB_USED",
     ]:
         assert name in used, f"no panel shows {name}"
     assert "by (state)" in used["preannotate_jobs"].replace("  ", " ")
     assert "job_id" in used["preannotate_trainer_loss"]
     assert "topic" in used["preannotate_consumer_lag"]
     assert "topic" in used["preannotate_events_dead_lettered_total"]
+    assert "machine_type" in used["preannotate_trainer_queue_wait_seconds_bucket"]
+    # Per trainer pod: the pods the DCGM exporter assigns GPUs to, the Pending ones.
+    for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "kube_pod_status_phase"):
+        assert "by (namespace, pod)" in used[name] and 'pod=~"trainer-.+"' in used[name], name
+    assert 'phase="Pending"' in used["kube_pod_status_phase"]
     inference = {n for n in exported["families"] if n.startswith("preannotate_inference_")}
     assert inference, "services/inference/metrics.py exports no preannotate_inference_* metric"
     shown = {exported_name(n, exported["families"]) for n in used} & inference

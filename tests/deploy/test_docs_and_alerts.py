@@ -77,3 +77,44 @@ def test_every_alert_is_well_formed_and_documented(python_tools) -> None:
 def test_prometheus_rule_is_the_rule_file() -> None:
     rule = yaml.safe_load((DEPLOY / "k8s" / "base" / "prometheus-rule.yaml").read_text())
     assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+def _rule(name: str) -> dict:
+    (rule,) = [r for r in rules() if r["alert"] == name]
+    return rule
+
+
+def test_every_always_on_service_has_an_absent_alert(rendered) -> None:
+    """Each Deployment that no autoscaler may take to 0 has its
+    ``absent(up{job="preannotate-<component>"} == 1)`` term, labelled with its job."""
+    docs = rendered["base"]
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "ScaledObject"}
+    always_on = {
+        d["metadata"]["labels"]["app.kubernetes.io/name"]
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] not in scaled
+    }
+    assert {"preannotate-gateway", "preannotate-tfserving"} <= always_on
+    expr = " ".join(_rule("PreannotateServiceAbsent")["expr"].split())
+    terms = set(
+        re.findall(
+            r'label_replace\(absent\(up\{job="([\w-]+)"\} == 1\), "job", "([\w-]+)", "", ""\)',
+            expr,
+        )
+    )
+    assert {a for a, b in terms if a == b} == always_on, expr
+    assert "{{ $labels.job }}" in _rule("PreannotateServiceAbsent")["annotations"]["summary"]
+
+
+def test_training_alerts_read_the_kafka_exporter_and_the_step(python_tools) -> None:
+    stalled = metric_names(_rule("PreannotateTrainingQueueStalled")["expr"])
+    # The Kafka Exporter's lag counts a pool's jobs while it has no replica;
+    # the trainers' own gauge stands in where no exporter runs (compose).
+    assert {"kafka_consumergroup_lag", "preannotate_consumer_lag"} <= stalled
+    assert " unless " in _rule("PreannotateTrainingQueueStalled")["expr"]
+    stuck = _rule("PreannotateTrainingStuck")
+    assert metric_names(stuck["expr"]) == {
+        "preannotate_trainer_step",
+        "preannotate_trainer_total_steps",
+    }
+    assert "changes(preannotate_trainer_step[" in stuck["expr"]

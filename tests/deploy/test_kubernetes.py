@@ -24,7 +24,7 @@ import pytest
 
 from preannotate import topics
 from preannotate.settings import load, parse_pools
-from tests.deploy.conftest import BUILD_TIMEOUT, OVERLAYS, REPO, run
+from tests.deploy.conftest import BUILD_TIMEOUT, DEPLOY, OVERLAYS, REPO, run
 from tests.deploy.crd_schemas import SCHEMAS
 
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)
@@ -138,12 +138,14 @@ def test_kubernetes_validate_catches_a_bad_field(python_tools) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_custom_resources_match_our_schemas(rendered, overlay: str) -> None:
     custom = [d for d in rendered[overlay] if d["apiVersion"] not in CORE_GROUPS]
-    assert {d["kind"] for d in custom} == {
-        "ScaledObject",
-        "KafkaTopic",
-        "ServiceMonitor",
-        "PrometheusRule",
-    }
+    monitoring = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    # The dev overlay brings its own Kafka and no Prometheus Operator objects.
+    expected = (
+        {"ScaledObject", "KafkaTopic", "Kafka", "KafkaNodePool"}
+        if overlay == "overlays/dev"
+        else {"ScaledObject", "KafkaTopic", *monitoring}
+    )
+    assert {d["kind"] for d in custom} == expected
     for doc in custom:
         schema = SCHEMAS[(doc["apiVersion"], doc["kind"])]
         errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=str)
@@ -161,7 +163,7 @@ def test_custom_resources_match_the_upstream_crds(rendered, node_root: Path, ove
 
 def test_upstream_crd_check_catches_a_bad_type(node_root: Path) -> None:
     topic = {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaTopic",
         "metadata": {"name": "t", "labels": {"strimzi.io/cluster": "c"}},
         "spec": {"partitions": "six", "replicas": 1},
@@ -503,3 +505,34 @@ def test_network_policies_deny_by_default_and_allow_the_flow(rendered, overlay: 
     for d in deployments:
         if d["metadata"]["name"] != "tfserving":
             assert _allowed_from(docs, d, 9100) == prometheus, d["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grafana_dashboard_is_a_configmap_for_the_sidecar(rendered, overlay: str) -> None:
+    """Grafana's dashboard sidecar (kube-prometheus-stack) loads ConfigMaps labelled
+    grafana_dashboard: "1": the dashboard compose provisions is one, unchanged."""
+    dashboards = [
+        d
+        for d in by_kind(rendered[overlay], "ConfigMap")
+        if d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
+    assert len(dashboards) == 1, f"{overlay}: {len(dashboards)} dashboard ConfigMaps"
+    (dashboard,) = dashboards
+    source = DEPLOY / "grafana" / "dashboards" / "preannotate.json"
+    assert dashboard["data"] == {"preannotate.json": source.read_text()}
+    assert json.loads(dashboard["data"]["preannotate.json"])["uid"] == "preannotate"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_kafka_exporter_of_our_cluster_is_scraped(rendered, overlay: str) -> None:
+    docs = rendered[overlay]
+    bootstrap = config_data(docs)["PREANNOTATE_KAFKA_BOOTSTRAP"].split(",")[0]
+    cluster = bootstrap.split(":")[0].split(".")[0].removesuffix("-kafka-bootstrap")
+    if overlay == "overlays/dev":  # no Prometheus Operator there
+        assert not by_kind(docs, "PodMonitor")
+        return
+    (monitor,) = by_kind(docs, "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "strimzi.io/name": f"{cluster}-kafka-exporter"
+    }
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "tcp-prometheus"

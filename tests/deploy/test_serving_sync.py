@@ -61,6 +61,18 @@ def write_version(storage, namespace: str, name: str, version: int, *, finish: b
     return files
 
 
+def script_env(s3_storage, s3_endpoint: str) -> dict[str, str]:
+    """The environment the services give the script: this one's, with the S3 test server."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREANNOTATE_")},
+        "PREANNOTATE_S3_ENDPOINT": s3_endpoint,
+        "PREANNOTATE_S3_BUCKET": s3_storage.bucket,
+        "PREANNOTATE_S3_REGION": S3_REGION,
+        "PREANNOTATE_S3_ACCESS_KEY": S3_ACCESS_KEY,
+        "PREANNOTATE_S3_SECRET_KEY": S3_SECRET_KEY,
+    }
+
+
 def test_copies_finished_versions_whole_and_skips_unfinished(
     sync, s3_storage, client, tmp_path: Path
 ) -> None:
@@ -147,18 +159,44 @@ def test_prune_removes_versions_gone_from_the_bucket(
     assert (tmp_path / "default/serving/boxes/2/saved_model.pb").exists()
 
 
+def test_only_the_newest_versions_of_each_model_are_mirrored(
+    sync, s3_storage, client, tmp_path: Path
+) -> None:
+    for version in (1, 2, 3):
+        write_version(s3_storage, "default", "boxes", version)
+    write_version(s3_storage, "team-b", "masks", 9)
+
+    first = sync.sync_once(client, s3_storage.bucket, tmp_path, keep=2)
+    assert first.copied == [
+        "default/serving/boxes/2",
+        "default/serving/boxes/3",
+        "team-b/serving/masks/9",
+    ]
+    assert not (tmp_path / "default/serving/boxes/1").exists()
+
+    # Version 10 of boxes (numbers, not names: 10 is newer than 3) pushes 2 out,
+    # after it is in place.
+    write_version(s3_storage, "default", "boxes", 10)
+    second = sync.sync_once(client, s3_storage.bucket, tmp_path, keep=2)
+    assert second.copied == ["default/serving/boxes/10"]
+    assert second.removed == ["default/serving/boxes/2"]
+    assert sorted(p.name for p in (tmp_path / "default/serving/boxes").iterdir()) == ["10", "3"]
+    assert (tmp_path / "team-b/serving/masks/9/saved_model.pb").exists()
+    assert not [p for p in (tmp_path / ".trash").rglob("*") if p.is_file()]
+
+    with pytest.raises(ValueError, match="PREANNOTATE_TFSERVING_KEEP_VERSIONS"):
+        sync.sync_once(client, s3_storage.bucket, tmp_path, keep=0)
+
+
 def test_command_line_reads_the_services_variables(
     s3_storage, s3_endpoint: str, tmp_path: Path
 ) -> None:
+    write_version(s3_storage, "default", "boxes", 6)
     files = write_version(s3_storage, "default", "boxes", 7)
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREANNOTATE_")},
-        "PREANNOTATE_S3_ENDPOINT": s3_endpoint,
-        "PREANNOTATE_S3_BUCKET": s3_storage.bucket,
-        "PREANNOTATE_S3_REGION": S3_REGION,
-        "PREANNOTATE_S3_ACCESS_KEY": S3_ACCESS_KEY,
-        "PREANNOTATE_S3_SECRET_KEY": S3_SECRET_KEY,
+        **script_env(s3_storage, s3_endpoint),
         "SERVING_SYNC_DEST": str(tmp_path / "models"),
+        "PREANNOTATE_TFSERVING_KEEP_VERSIONS": "1",
     }
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--once"],
@@ -171,6 +209,8 @@ def test_command_line_reads_the_services_variables(
     )
     assert done.returncode == 0, done.stderr + done.stdout
     assert "copied default/serving/boxes/7" in done.stdout
+    assert not (tmp_path / "ready").exists()  # no SERVING_SYNC_READY_FILE, no file
+    assert "default/serving/boxes/6" not in done.stdout  # keeps the newest 1
     assert (tmp_path / "models/default/serving/boxes/7/saved_model.pb").read_bytes() == files[
         "saved_model.pb"
     ]
@@ -185,3 +225,130 @@ def test_compose_and_kubernetes_mount_the_same_script() -> None:
     # It runs in the gateway's image, which has boto3 but no preannotate import is needed.
     assert "import preannotate" not in SCRIPT.read_text()
     assert load_deploy_module("tools")  # deploy/ loads without the package installed
+
+
+def test_the_inference_service_and_the_mirror_keep_the_same_versions(rendered) -> None:
+    """serving-sync reads the inference service's PREANNOTATE_TFSERVING_KEEP_VERSIONS:
+    both see one value, in compose and in every overlay."""
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    key = "PREANNOTATE_TFSERVING_KEEP_VERSIONS"
+    assert services["serving-sync"]["environment"][key] == services["inference"]["environment"][key]
+    for overlay, docs in rendered.items():
+        config = next(
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "preannotate-config"
+        )
+        assert int(config["data"][key]) >= 1, overlay
+        pods = {
+            c["name"]: c
+            for d in docs
+            if d["kind"] == "Deployment"
+            for c in d["spec"]["template"]["spec"]["containers"]
+        }
+        for name in ("serving-sync", "inference"):
+            refs = [
+                s["configMapRef"]["name"]
+                for s in pods[name].get("envFrom", [])
+                if "configMapRef" in s
+            ]
+            assert "preannotate-config" in refs, f"{overlay}: {name}"
+            assert key not in {e["name"] for e in pods[name].get("env", [])}, f"{overlay}: {name}"
+
+
+def test_the_ready_file_says_the_mirror_has_refilled(
+    s3_storage, s3_endpoint: str, tmp_path: Path
+) -> None:
+    """Written after a completed pass; removed at start (a restarted container keeps
+    its /tmp); never written when the pass could not read the bucket."""
+    write_version(s3_storage, "default", "boxes", 1)
+    ready = tmp_path / "tmp" / "ready"
+    env = {
+        **script_env(s3_storage, s3_endpoint),
+        "SERVING_SYNC_DEST": str(tmp_path / "models"),
+        "SERVING_SYNC_READY_FILE": str(ready),
+    }
+
+    def once(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), "--once"],
+            cwd=REPO,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    done = once()
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert ready.is_file()
+    assert (tmp_path / "models/default/serving/boxes/1/saved_model.pb").is_file()
+
+    # A bucket that cannot be listed: the old file is gone and no new one comes.
+    done = once(PREANNOTATE_S3_BUCKET="no-such-bucket")
+    assert done.returncode != 0
+    assert not ready.exists()
+
+
+def test_tfserving_is_ready_only_when_its_mirror_is(rendered) -> None:
+    """Kubernetes: the sidecar's readiness probe tests the file the sidecar writes, and
+    rollouts keep the old pod until the new one is ready; compose: TF Serving starts
+    once serving-sync is healthy, by the same file."""
+    import yaml
+
+    for overlay, docs in rendered.items():
+        (tfs,) = [
+            d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "tfserving"
+        ]
+        spec = tfs["spec"]
+        assert spec["strategy"]["type"] == "RollingUpdate", overlay
+        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, overlay
+        pod = spec["template"]["spec"]
+        # Two pods at once during a rollout: only per-pod volumes.
+        assert all("persistentVolumeClaim" not in v for v in pod["volumes"]), overlay
+        (sync,) = [c for c in pod["containers"] if c["name"] == "serving-sync"]
+        env = {e["name"]: e["value"] for e in sync["env"]}
+        ready = env["SERVING_SYNC_READY_FILE"]
+        assert sync["readinessProbe"]["exec"]["command"] == ["test", "-f", ready], overlay
+        mounts = [m["mountPath"] for m in sync["volumeMounts"]]
+        assert any(ready.startswith(m.rstrip("/") + "/") for m in mounts), overlay
+
+    compose = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+    sync = compose["services"]["serving-sync"]
+    ready = sync["environment"]["SERVING_SYNC_READY_FILE"]
+    assert sync["healthcheck"]["test"] == ["CMD", "test", "-f", ready]
+    assert compose["services"]["tfserving"]["depends_on"]["serving-sync"] == {
+        "condition": "service_healthy"
+    }
+
+
+def test_the_promoted_version_stays_mirrored_however_old(
+    sync, s3_storage, client, tmp_path: Path
+) -> None:
+    from preannotate import layout, promotion
+
+    for version in (1, 2, 3, 4, 5):
+        write_version(s3_storage, "default", "boxes", version)
+    # 1 promoted, then 2; then three candidates (3, 4, 5) refused by the gate
+    layout.append_promotion(s3_storage, "default", "boxes", 1, {"promoted": 1, "previous": []})
+    layout.append_promotion(s3_storage, "default", "boxes", 2, {"promoted": 2, "previous": [1]})
+    state = promotion.read(s3_storage, "default", "boxes")
+    assert state.pinned() == {1, 2}
+
+    first = sync.sync_once(client, s3_storage.bucket, tmp_path, keep=2)
+    assert sorted(first.copied) == [f"default/serving/boxes/{v}" for v in (1, 2, 4, 5)]
+
+    # rolled back to 1: 2 is neither promoted, the one before, nor among the newest 2
+    layout.append_promotion(s3_storage, "default", "boxes", 3, {"promoted": 1, "previous": []})
+    assert promotion.read(s3_storage, "default", "boxes").pinned() == {1}
+    second = sync.sync_once(client, s3_storage.bucket, tmp_path, keep=2)
+    assert second.removed == ["default/serving/boxes/2"] and second.copied == []
+    assert sorted(p.name for p in (tmp_path / "default/serving/boxes").iterdir()) == [
+        "1",
+        "4",
+        "5",
+    ]

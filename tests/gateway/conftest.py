@@ -56,6 +56,8 @@ POLICY = {
             "model_name": "cars",
             "organization": "lab",
             "threshold": 0.3,
+            "label_thresholds": {"car": 0.6},
+            "review_issues": 2,
         },
     ],
 }

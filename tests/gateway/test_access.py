@@ -218,7 +218,7 @@ def test_a_bad_tokens_file_is_named_with_each_bad_entry(tmp_path):
     assert lines[0] == f"tokens file {str(path)!r} is not valid:"
     assert lines[1:] == [
         "  tokens[1] (bob): a token must be a string of 16+ characters",
-        "  tokens[1] (bob): unknown keys ['role']; allowed: name, token, sha256, namespaces, admin",
+        "  tokens[1] (bob): unknown keys ['role']; allowed: name, token, sha256, namespaces, admin, cvat_projects, cvat_organizations",
         "  tokens[2]: expected a mapping, got int",
     ]
 

@@ -262,6 +262,8 @@ async def test_policy_threshold_and_organization_reach_the_annotation(gateway):
     [event] = await gateway.published(topics.ANNOTATION_REQUESTED)
     assert event.threshold == pytest.approx(0.3)
     assert event.cvat.organization == "lab"
+    assert dict(event.label_thresholds) == pytest.approx({"car": 0.6})
+    assert event.review_issues == 2
 
 
 async def test_an_oversized_body_is_refused(gateway_cleanup):

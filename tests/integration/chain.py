@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from preannotate import topics
-from preannotate.bus import dlq_topic
+from preannotate.bus import Record, dlq_topic
 from preannotate.v1 import events_pb2
 from tests.platform.buses import drain, kafka_settings
 from tests.platform.stage_process import BusSide, service_env, stop_processes
@@ -162,17 +162,19 @@ class Chain(BusSide):
 
         return await wait_for(done, timeout, f"job {job_id} to end", self)
 
-    async def dead_letters(self) -> list[tuple[str, str]]:
-        """(topic, dlq_error) of every record on any DLQ of the chain's topics."""
+    async def records(self, names: list[str]) -> list[Record]:
+        """Every record on the chain's topics ``names`` so far (read from the start)."""
         assert self.bus is not None
-        names = [dlq_topic(t) for t in topics.all_topics(["cpu"])]
         reader = self.bus.consumer(names, None)
         await reader.start()
         try:
-            records = await drain(reader, 10_000, timeout=3)
+            return await drain(reader, 10_000, timeout=3)
         finally:
             await reader.stop()
-        return [(r.topic, r.headers.get("dlq_error", "")) for r in records]
+
+    async def dead_letters(self) -> list[Record]:
+        """Every record on any DLQ of the chain's topics."""
+        return await self.records([dlq_topic(t) for t in topics.all_topics(["cpu"])])
 
 
 async def wait_for(predicate, timeout: float, what: str, chain: Chain):

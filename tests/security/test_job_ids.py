@@ -17,13 +17,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 
 from preannotate import events, topics
 from preannotate.bus import MemoryBus
 from preannotate.runner import Runtime
 from preannotate.status import StatusWriter
-from preannotate.storage import LocalStorage
 from preannotate.v1 import (
     common_pb2,
     events_pb2,
@@ -33,13 +31,7 @@ from preannotate.v1 import (
     training_pb2_grpc,
 )
 from services.gateway.jobs import request_job_id
-from services.gateway.service import build as build_gateway
-from services.gateway.settings import GatewaySettings
-from services.inference import app as inference_app
-from services.inference.service import build as build_inference
-from tests.inference.helpers import TOKEN as CVAT_TOKEN
-from tests.inference.helpers import make_settings, publish_model
-from tests.security.standin import GatedBackend
+from tests.security.standin import GatedBackend, two_services
 from tests.standins.cvat import CvatStandIn, make_shapes_dataset, shapes_labels
 
 pytestmark = pytest.mark.timeout(90)
@@ -125,54 +117,16 @@ async def code_of(call) -> grpc.StatusCode:
 
 @pytest.fixture
 async def platform(tmp_path: Path, monkeypatch) -> AsyncIterator[Platform]:
-    source = tmp_path / "savedmodel"
-    source.mkdir()
-    (source / "saved_model.pb").write_bytes(b"stand-in")
-    storage = LocalStorage(tmp_path / "storage")
-    publish_model(storage, source, namespace="team-b", name="cats")
-    backend = GatedBackend()
-    monkeypatch.setattr(inference_app, "make_backend", lambda *a, **k: backend)
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump(TOKENS))
-    bus = MemoryBus(default_partitions=1)
-    gw_settings = GatewaySettings(
-        bus="memory",
-        namespace="team-a",
-        machine_types="cpu=0",
-        tokens_file=tokens,
-        gateway_grpc_port=0,
-        gateway_http_port=0,
-        metrics_port=0,
-        kafka_partitions=1,
-        shutdown_grace_seconds=2.0,
-    )
-    async with CvatStandIn(tokens={CVAT_TOKEN}) as cvat:
-        inf_settings = make_settings(
-            tmp_path, cvat_url=cvat.url, tokens_file=tokens, metrics_port=0, kafka_partitions=1
+    async with two_services(tmp_path, monkeypatch, TOKENS, model=("team-b", "cats")) as s:
+        yield Platform(
+            bus=s.gateway_bus,
+            gateway=s.gateway,
+            inference=s.inference,
+            training=s.training,
+            annotating=s.annotating,
+            backend=s.backend,
+            cvat=s.cvat,
         )
-        gateway = Runtime([(build_gateway(gw_settings), gw_settings)], bus=bus, storage=storage)
-        inference = Runtime(
-            [(build_inference(inf_settings), inf_settings)], bus=bus, storage=storage
-        )
-        await gateway.start()
-        await inference.start()
-        gw_channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_ports['gateway']}")
-        inf_channel = grpc.aio.insecure_channel(f"127.0.0.1:{inference.grpc_ports['inference']}")
-        try:
-            yield Platform(
-                bus=bus,
-                gateway=gateway,
-                inference=inference,
-                training=training_pb2_grpc.TrainingServiceStub(gw_channel),
-                annotating=inference_pb2_grpc.InferenceServiceStub(inf_channel),
-                backend=backend,
-                cvat=cvat,
-            )
-        finally:
-            await gw_channel.close()
-            await inf_channel.close()
-            await inference.stop()
-            await gateway.stop()
 
 
 async def test_another_namespaces_job_id_in_annotate_task_is_refused(platform):

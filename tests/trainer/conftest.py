@@ -57,21 +57,27 @@ def make_settings(tmp_path):
     return make
 
 
+def cpu_settings(root, **overrides) -> TrainerSettings:
+    """Settings of a CPU worker whose storage and work folder are under ``root``."""
+    values = {
+        "storage": "local",
+        "storage_root": root / "storage",
+        "machine_types": "cpu=0",
+        "machine_type": "cpu",
+        "trainer_work_dir": root / "work",
+        "trainer_progress_seconds": 0.001,
+        "trainer_summary_every": 1,
+        **overrides,
+    }
+    return TrainerSettings(**values)
+
+
 @pytest.fixture(scope="session")
 def ssd_run(tmp_path_factory):
     """ssd-mobilenet-v2-coco trained once (6 steps at 128 px, a checkpoint every 3)."""
     root = tmp_path_factory.mktemp("ssd")
     storage = LocalStorage(root / "storage")
-    settings = TrainerSettings(
-        storage="local",
-        storage_root=root / "storage",
-        machine_types="cpu=0",
-        machine_type="cpu",
-        trainer_work_dir=root / "work",
-        trainer_progress_seconds=0.001,
-        trainer_summary_every=1,
-        trainer_keep_checkpoints=2,
-    )
+    settings = cpu_settings(root, trainer_keep_checkpoints=2)
     data = write_dataset(storage, train_images=6, val_images=2, size=96)
     msg = data.event("ssd-mobilenet-v2-coco", SSD_ARGS, model_name=SSD_NAME)
     ctx = FakeContext(storage)

@@ -245,3 +245,30 @@ def test_pull_into_s3(s3_storage, mirror, checkpoints, tmp_path):
     with pytest.raises(FailedPrecondition, match="cut short"):
         store.pull(SSD)
     assert s3_storage.list("weights/") == []
+
+
+def test_a_failed_pull_never_deletes_what_a_concurrent_pull_installed(
+    local_storage, checkpoints, monkeypatch
+):
+    """Two trainers pull at once: the first installs; the second, which found nothing
+    installed when it began, fails at its manifest. The install stays whole."""
+    first = WeightsStore(local_storage).import_file(SSD, checkpoints.mobilenet[0])
+
+    second = WeightsStore(local_storage)
+    seen = iter([None])  # what installed() said when the second pull began
+    real_installed = second.installed
+    monkeypatch.setattr(second, "installed", lambda m: next(seen, real_installed(m)))
+    real_put = local_storage.put
+
+    def put(key, data):
+        if key.endswith("manifest.json"):
+            raise OSError("the store went away")
+        return real_put(key, data)
+
+    monkeypatch.setattr(local_storage, "put", put)
+    with pytest.raises(OSError):
+        second.import_file(SSD, checkpoints.mobilenet[0])
+    monkeypatch.undo()
+
+    assert WeightsStore(local_storage).installed(SSD) == first
+    assert layout.complete_checkpoint(local_storage, first.key)

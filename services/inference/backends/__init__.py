@@ -6,7 +6,7 @@ the rest of the service only sees ``Backend``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from services.inference.backends.base import Backend, ImageInput, RawOutput
@@ -24,10 +24,13 @@ def make_backend(
     storage: Storage,
     catalog: Callable[[], Sequence[ModelEntry]],
     on_quarantine: Callable[[ModelEntry, str], None] | None = None,
+    pinned: Callable[[], Iterable[tuple[str, str, int]]] | None = None,
 ) -> Backend:
     """The backend ``settings.backend`` names. ``catalog`` lists every known model
     (TF Serving's config must name them all, since a reload replaces it whole);
-    ``on_quarantine`` hears of each version TF Serving fails to load."""
+    ``on_quarantine`` hears of each version TF Serving fails to load; ``pinned``
+    names the versions TF Serving keeps loaded beyond the newest N (the promoted
+    ones)."""
     if settings.backend == "tfserving":
         from services.inference.backends.tfserving import TfServingBackend
 
@@ -41,6 +44,8 @@ def make_backend(
             input_mode=settings.tfserving_input,
             concurrency=settings.inference_concurrency,
             on_quarantine=on_quarantine,
+            keep_versions=settings.tfserving_keep_versions,
+            pinned=pinned,
         )
     from services.inference.backends.inprocess import InProcessBackend
 

@@ -1,10 +1,12 @@
 """TF Serving over gRPC: ModelService to add models, PredictionService to run them.
 
 ``HandleReloadConfigRequest`` replaces TF Serving's whole model list, so every
-reload names every model this service knows (``catalog()``), each with the
-versions known (``specific`` version policy), never only the new one. Reloads
-are serialised; after one, ``GetModelStatus`` is polled until the version is
-AVAILABLE (or failed, or the timeout passes). A Predict that finds the model
+reload names every model this service knows (``catalog()``), each with its
+newest ``keep_versions`` versions (``specific`` version policy; older ones are
+refused, and deploy/'s serving-sync keeps the same newest N in TF Serving's
+mirror), never only the new one. Reloads are serialised; after one,
+``GetModelStatus`` is polled until the version is AVAILABLE (or failed, or the
+timeout passes). A Predict that finds the model
 unknown (TF Serving restarted and lost the config) reloads once and retries.
 
 Quarantine. TF Serving's reload blocks until the models new to its config
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +83,8 @@ class TfServingBackend:
         concurrency: int = 1,
         poll_interval: float = 0.2,
         on_quarantine: Callable[[ModelEntry, str], None] | None = None,
+        keep_versions: int | None = None,
+        pinned: Callable[[], Iterable[tuple[str, str, int]]] | None = None,
     ) -> None:
         if input_mode not in ("encoded", "tensor"):
             raise InvalidArgument(f"input_mode must be 'encoded' or 'tensor', not {input_mode!r}")
@@ -93,6 +97,10 @@ class TfServingBackend:
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.on_quarantine = on_quarantine
+        #: The newest versions of each model served (None: every one).
+        self.keep_versions = keep_versions
+        #: Versions kept loaded whatever their age (the promoted ones).
+        self.pinned = pinned or (lambda: ())
         #: Versions that failed to load: (namespace, name, version) -> TF Serving's error.
         self.quarantined: dict[tuple[str, str, int], str] = {}
         self._channel: grpc.aio.Channel | None = None
@@ -142,10 +150,26 @@ class TfServingBackend:
     # -- ModelService ------------------------------------------------------------
 
     def served(self, extra: ModelEntry | None = None) -> list[ModelEntry]:
-        """The versions a reload names: every known one (and ``extra``), less the
-        quarantined."""
+        """The versions a reload names: the newest ``keep_versions`` of each known
+        model (``extra`` counted in), less the quarantined."""
         entries = {e.key: e for e in [*self.catalog(), *([extra] if extra else [])]}
-        return [e for k, e in sorted(entries.items()) if k not in self.quarantined]
+        kept = self._newest(entries)
+        return [e for k, e in sorted(entries.items()) if k in kept and k not in self.quarantined]
+
+    def _newest(self, keys: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+        """Of ``keys``, the newest ``keep_versions`` versions of each model, and the
+        pinned ones (the promoted version and the one before it, however old)."""
+        keys = set(keys)
+        by_model: dict[tuple[str, str], list[int]] = {}
+        for namespace, name, version in keys:
+            by_model.setdefault((namespace, name), []).append(version)
+        limit = self.keep_versions
+        newest = {
+            (*model, v)
+            for model, versions in by_model.items()
+            for v in sorted(versions, reverse=True)[:limit]
+        }
+        return newest | (keys & set(self.pinned()))
 
     def model_config(self, extra: ModelEntry | None = None) -> Any:
         """The ModelServerConfig naming every served version (``served``)."""
@@ -168,7 +192,18 @@ class TfServingBackend:
         return config
 
     def check_servable(self, model: ModelEntry) -> None:
-        """``FailedPrecondition`` with the load error if ``model`` is quarantined."""
+        """``FailedPrecondition`` if ``model`` is older than the newest
+        ``keep_versions`` of its model, or, with the load error, if it is quarantined."""
+        if self.keep_versions is not None:
+            known = {e.key for e in self.catalog()} | {model.key}
+            if model.key not in self._newest(known):
+                newer = sorted(v for ns, n, v in known if (ns, n) == model.key[:2])
+                raise FailedPrecondition(
+                    f"model {model.label} is older than the newest {self.keep_versions} "
+                    f"versions TF Serving loads (versions {newer[-self.keep_versions :]}): "
+                    f"ask for one of those, or raise PREANNOTATE_TFSERVING_KEEP_VERSIONS "
+                    f"(and serving-sync's mirror with it)"
+                )
         error = self.quarantined.get(model.key)
         if error is not None:
             raise FailedPrecondition(

@@ -47,6 +47,10 @@ class Target(Protocol):
     #: after ``finish``, so a rerun starts over).
     resumable: bool
 
+    async def pending(self) -> str | None:
+        """None when the frames can be read; else why not yet (a CVAT task whose
+        data is still being processed). Raises when they never will be."""
+
     async def labels(self) -> list[dict[str, Any]]:
         """The target's labels as CVAT lists them: ``{"id", "name"}`` (and
         ``parent_id`` for skeleton parts, which are not matched)."""
@@ -75,8 +79,9 @@ class Target(Protocol):
         awaits ``on_written`` after each part that is durable (a CVAT job's
         PATCH), so a failure later in the batch leaves the earlier parts recorded."""
 
-    async def finish(self) -> None:
-        """After the last write: make the results durable where they are not yet."""
+    async def finish(self) -> int | None:
+        """After the last write: make the results durable where they are not yet;
+        returns the shapes written now (CVAT tracks, ``targets.tracked``), if any."""
 
     async def close(self) -> None: ...
 
@@ -85,3 +90,43 @@ def is_frame_problem(exc: BaseException) -> bool:
     """Whether a failed fetch is that frame's problem (skip it) rather than the
     run's (credentials, permissions, a bug: fail)."""
     return isinstance(exc, NotFound | InvalidArgument | Unavailable)
+
+
+class TargetWrapper:
+    """A target that passes every call to ``inner``; a wrapper (``targets.tracked``,
+    ``targets.reviewed``) overrides what it changes."""
+
+    def __init__(self, inner: Target) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.describe = inner.describe
+        self.resumable = inner.resumable
+
+    async def pending(self) -> str | None:
+        return await self.inner.pending()
+
+    async def labels(self) -> list[dict[str, Any]]:
+        return await self.inner.labels()
+
+    async def frames(self) -> list[int]:
+        return await self.inner.frames()
+
+    async def prepare(self, frames: Sequence[int]) -> int:
+        return await self.inner.prepare(frames)
+
+    def frame_name(self, frame: int) -> str:
+        return self.inner.frame_name(frame)
+
+    async def fetch(self, frame: int) -> bytes:
+        return await self.inner.fetch(frame)
+
+    async def write(
+        self, results: Sequence[FrameResult], on_written: OnWritten | None = None
+    ) -> int:
+        return await self.inner.write(results, on_written)
+
+    async def finish(self) -> int | None:
+        return await self.inner.finish()
+
+    async def close(self) -> None:
+        await self.inner.close()

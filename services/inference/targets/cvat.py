@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from preannotate.cvat import CvatClient
+from preannotate.cvat import CvatClient, data_pending
 from preannotate.errors import NotFound
 from services.inference.shapes import cvat_shape
 from services.inference.targets.base import FrameResult, OnWritten
@@ -60,6 +60,9 @@ class CvatTarget:
         self.frame_quality = frame_quality
         self.describe = f"CVAT task {task_id}" + (f" job {job_id}" if job_id else "")
         self.owners: dict[int, int] = {}
+
+    async def pending(self) -> str | None:
+        return await data_pending(self.client, self.task_id)
 
     async def labels(self) -> list[dict[str, Any]]:
         return await self.client.labels(self.task_id)

@@ -70,6 +70,9 @@ class FolderTarget:
         self._existing: dict[str, Any] | None = None
         self._doc = coco_document(self.classes)
 
+    async def pending(self) -> str | None:
+        return None  # a folder's images are there or not; nothing to wait for
+
     async def labels(self) -> list[dict[str, Any]]:
         return [{"id": i, "name": name} for i, name in enumerate(self.classes, 1)]
 

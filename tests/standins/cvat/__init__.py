@@ -1,8 +1,9 @@
 """A CVAT stand-in for tests: the REST endpoints preannotate uses, with CVAT's shapes.
 
 ``CvatStandIn`` serves tasks, jobs, labels, data meta, frames and chunks, the
-asynchronous COCO 1.0 export, job/task annotations (GET, PUT, PATCH), and sends
-signed webhooks. ``make_shapes_dataset`` makes a small task's worth of frames
+asynchronous COCO 1.0 export, job/task annotations (GET, PUT, PATCH), makes
+tasks in CVAT's order (the row and ``create:task`` first, the data processed
+later), refuses users without rights (403), and sends signed webhooks. ``make_shapes_dataset`` makes a small task's worth of frames
 and shapes. See README.md beside this file for the whole API.
 """
 

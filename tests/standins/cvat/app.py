@@ -1,7 +1,8 @@
 """The aiohttp application: route table and the middleware every request passes.
 
 Order per request: log it, apply injected delays, answer an injected failure,
-check the token, resolve the organisation context, then route.
+check the token (its user), resolve the organisation context (403 for a user
+who is not a member), then route.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .handlers import ORG, Handlers
+from .handlers import ORG, USER, Handlers
+from .issues import IssueHandlers
+from .model import User
 
 if TYPE_CHECKING:
     from .server import CvatStandIn
@@ -42,6 +45,7 @@ class LoggedRequest:
 def build_app(server: CvatStandIn) -> web.Application:
     app = web.Application(middlewares=[_middleware(server)], client_max_size=256 * 1024 * 1024)
     h = Handlers(server)
+    issues = IssueHandlers(h)
     # CVAT routes data and annotations with and without a trailing slash.
     task, job = r"/api/tasks/{id:\d+}", r"/api/jobs/{id:\d+}"
     app.add_routes(
@@ -49,11 +53,19 @@ def build_app(server: CvatStandIn) -> web.Application:
             web.get("/api/server/about", h.about),
             web.get("/api/server/annotation/formats", h.formats),
             web.get("/api/users/self", h.users_self),
+            web.get("/api/issues", issues.list),
+            web.post("/api/issues", issues.create),
+            web.get(r"/api/organizations/{id:\d+}", h.organization_retrieve),
             web.get("/api/tasks", h.tasks_list),
+            web.post("/api/tasks", h.task_create),
             web.get(task, h.task_retrieve),
+            web.get(f"{task}/status", h.task_status),
             web.get(f"{task}/data/meta", h.task_meta),
+            web.patch(f"{task}/data/meta", h.task_meta),
             web.get(f"{task}/data", h.task_data),
             web.get(f"{task}/data/", h.task_data),
+            web.post(f"{task}/data", h.task_data_upload),
+            web.post(f"{task}/data/", h.task_data_upload),
             web.post(f"{task}/dataset/export", h.dataset_export),
             web.get(f"{task}/dataset/download", h.dataset_download),
             web.route("*", f"{task}/annotations", h.task_annotations),
@@ -95,14 +107,20 @@ def _middleware(server: CvatStandIn) -> Callable[..., Awaitable[web.StreamRespon
         if failure is not None:
             return _failure_response(failure.status, failure.body)
         if request.path not in _PUBLIC:
-            refusal = _authenticate(server, request)
-            if refusal is not None:
-                return refusal
+            user = _authenticate(server, request)
+            if isinstance(user, web.Response):
+                return user
+            request[USER] = user
         org = request.headers.get("X-Organization", request.query.get("org"))
         if org and org not in server.state.organizations:
             return web.json_response(
                 {"detail": f"Organization '{org}' does not exist or you are not a member"},
                 status=404,
+            )
+        user = request.get(USER)
+        if org and user is not None and user.privilege != "admin" and org not in user.organizations:
+            return web.json_response(
+                {"detail": "You do not have permission to perform this action."}, status=403
             )
         request[ORG] = org
         return await handler(request)
@@ -110,13 +128,17 @@ def _middleware(server: CvatStandIn) -> Callable[..., Awaitable[web.StreamRespon
     return middleware
 
 
-def _authenticate(server: CvatStandIn, request: web.Request) -> web.Response | None:
+def _authenticate(server: CvatStandIn, request: web.Request) -> User | web.Response:
+    """The token's user, or the 401 CVAT answers."""
     header = request.headers.get("Authorization", "")
     scheme, _, credential = header.partition(" ")
+    credential = credential.strip()
     if not header:
         message = "Authentication credentials were not provided."
-    elif scheme.lower() in ("bearer", "token") and credential.strip() in server.tokens:
-        return None
+    elif scheme.lower() in ("bearer", "token") and credential in server.tokens:
+        return server.state.user
+    elif scheme.lower() in ("bearer", "token") and credential in server.user_tokens:
+        return server.user_tokens[credential]
     else:
         message = "Invalid token."
     return web.json_response({"detail": message}, status=401, headers={"WWW-Authenticate": "Token"})

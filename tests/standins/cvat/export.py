@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+from .background import Background
 from .model import Task, iso, now
 
 #: How long a finished export stays downloadable (CVAT's default export cache TTL).
@@ -97,16 +98,9 @@ def result_filename(task: Task, fmt: str, save_images: bool) -> str:
     return f"task_{task.id}_{kind}_{stamp}_{fmt}.zip".lower()
 
 
-class Exports:
-    """The export requests and the background work that completes them."""
-
-    def __init__(self) -> None:
-        self.requests: dict[str, ExportRequest] = {}
-        #: Seconds an export stays queued, then started, before it ends.
-        self.step_seconds = 0.05
-        #: task id -> message: the next export of that task fails with it.
-        self.failures: dict[int, str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+class Exports(Background[ExportRequest]):
+    """The export requests and the background work that completes them
+    (``failures``: task id -> message the next export of that task fails with)."""
 
     def start(
         self,
@@ -115,9 +109,7 @@ class Exports:
         on_done: Callable[[ExportRequest], None],
     ) -> None:
         self.requests[request.id] = request
-        job = asyncio.get_running_loop().create_task(self._run(request, build, on_done))
-        self._tasks.add(job)
-        job.add_done_callback(self._tasks.discard)
+        self.spawn(self._run(request, build, on_done))
 
     async def _run(
         self,
@@ -141,8 +133,3 @@ class Exports:
             else:
                 request.status, request.message, request.progress = "finished", "", 1.0
         on_done(request)
-
-    async def close(self) -> None:
-        for job in list(self._tasks):
-            job.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -8,16 +8,21 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import coco, export, media, resources
+from . import access, coco, creation, export, media, resources
 from . import labeled_data as annotations_
 from .labeled_data import AnnotationError
-from .model import JOB_STAGES, JOB_STATES, Job, Task, now
+from .model import JOB_STAGES, JOB_STATES, Job, Task, User, now
 
 if TYPE_CHECKING:
     from .server import CvatStandIn
 
 #: The organisation context of a request: None (all), "" (personal) or a slug.
 ORG: web.RequestKey[str | None] = web.RequestKey("org")
+#: The user the request's token belongs to.
+USER: web.RequestKey[User] = web.RequestKey("user")
+
+#: Methods that only read.
+_SAFE = ("GET", "HEAD", "OPTIONS")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -31,6 +36,12 @@ def _detail(status: int, message: str) -> web.Response:
 def _not_found() -> web.HTTPNotFound:
     return web.HTTPNotFound(
         text=json.dumps({"detail": "Not found."}), content_type="application/json"
+    )
+
+
+def _forbidden() -> web.HTTPForbidden:
+    return web.HTTPForbidden(
+        text=json.dumps({"detail": access.DENIED}), content_type="application/json"
     )
 
 
@@ -48,6 +59,10 @@ def _int_arg(request: web.Request, name: str, *, required: bool = False) -> int 
         return int(raw)
     except ValueError:
         raise _bad_request({name: [f"A valid integer is required, got {raw!r}."]}) from None
+
+
+def _server_error() -> web.Response:
+    return web.Response(status=500, text="<h1>Server Error (500)</h1>", content_type="text/html")
 
 
 def _flag(value: str | None) -> bool:
@@ -75,16 +90,30 @@ class Handlers:
             return task.organization is None
         return task.organization == org
 
-    def _task(self, request: web.Request) -> Task:
+    def _readable(self, request: web.Request, task: Task) -> bool:
+        return self._visible(request, task) and access.may_read(request[USER], task)
+
+    def _task(self, request: web.Request, *, write: bool | None = None) -> Task:
+        """The task the path names: 404 unknown (or another org's), 403 not the user's
+        (to read, or with ``write`` (default: an unsafe method) to change)."""
         task = self.state.tasks.get(int(request.match_info["id"]))
         if task is None or not self._visible(request, task):
             raise _not_found()
+        user = request[USER]
+        write = request.method not in _SAFE if write is None else write
+        allowed = access.may_change if write else access.may_read
+        if not allowed(user, task):
+            raise _forbidden()
         return task
 
     def _job(self, request: web.Request) -> Job:
         job = self.state.jobs.get(int(request.match_info["id"]))
         if job is None or not self._visible(request, self.state.tasks[job.task_id]):
             raise _not_found()
+        task = self.state.tasks[job.task_id]
+        allowed = access.may_read_job if request.method in _SAFE else access.may_change_job
+        if not allowed(request[USER], task, job):
+            raise _forbidden()
         return job
 
     # --- server and users ---------------------------------------------------------
@@ -96,7 +125,18 @@ class Handlers:
         return _json(resources.formats())
 
     async def users_self(self, request: web.Request) -> web.Response:
-        return _json(resources.full_user(self.base, self.state.user))
+        return _json(resources.full_user(self.base, request[USER]))
+
+    async def organization_retrieve(self, request: web.Request) -> web.Response:
+        """``GET /api/organizations/{id}``: members (and admins) see it, others get 404
+        (CVAT filters the queryset by membership)."""
+        wanted = int(request.match_info["id"])
+        slug = next((s for s, i in self.state.organizations.items() if i == wanted), None)
+        user = request[USER]
+        if slug is None or (user.privilege != "admin" and slug not in user.organizations):
+            return _detail(404, "Not found.")
+        return _json({"id": wanted, "slug": slug, "name": slug, "description": "",
+                      "contact": {}, "owner": None})  # fmt: skip
 
     # --- tasks, jobs, labels ------------------------------------------------------
 
@@ -110,7 +150,7 @@ class Handlers:
         }
         items = []
         for task in sorted(self.state.tasks.values(), key=lambda t: -t.id):
-            if not self._visible(request, task):
+            if not self._readable(request, task):
                 continue
             if wanted["id"] is not None and task.id != wanted["id"]:
                 continue
@@ -125,6 +165,81 @@ class Handlers:
     async def task_retrieve(self, request: web.Request) -> web.Response:
         return _json(resources.task(self.base, self.state, self._task(request)))
 
+    async def task_create(self, request: web.Request) -> web.Response:
+        """POST /api/tasks: the row only (CVAT fires create:task now; data comes later)."""
+        body = await self._body(request)
+        if not isinstance(body, dict) or not body.get("name"):
+            raise _bad_request({"name": ["This field is required."]})
+        unknown = set(body) - {"name", "labels", "project_id", "segment_size", "subset",
+                               "overlap", "bug_tracker", "assignee_id"}  # fmt: skip
+        if unknown:
+            raise _bad_request(
+                {k: ["The CVAT stand-in does not take this field."] for k in unknown}
+            )
+        org = request.get(ORG) or None
+        user = request[USER]
+        if org is not None and user.privilege != "admin" and org not in user.organizations:
+            raise _forbidden()
+        labels = body.get("labels") or []
+        if body.get("project_id") is None and not labels:
+            raise _bad_request({"labels": ["Label set must not be empty"]})
+        try:
+            task_id = self.server.create_task(
+                body["name"],
+                [
+                    {k: v for k, v in lb.items() if k in ("name", "type", "attributes", "color")}
+                    for lb in labels
+                ],
+                project_id=body.get("project_id"),
+                segment_size=body.get("segment_size") or None,
+                organization=org,
+                subset=body.get("subset", ""),
+                owner=user.username,
+            )
+        except ValueError as exc:
+            raise _bad_request({"detail": str(exc)}) from None
+        return _json(resources.task(self.base, self.state, self.state.tasks[task_id]), 201)
+
+    async def task_data_upload(self, request: web.Request) -> web.Response:
+        """POST /api/tasks/{id}/data with multipart ``client_files[N]`` and
+        ``image_quality``: 202 {"rq_id"}; processed in the background."""
+        task = self._task(request)
+        if task.data_id is not None:
+            return _json("Adding more data is not supported", status=400)
+        if not request.content_type.startswith("multipart/"):
+            raise _bad_request(["The CVAT stand-in takes data as multipart client_files[N]"])
+        files: list[tuple[int, str, bytes]] = []
+        fields: dict[str, str] = {}
+        async for part in await request.multipart():
+            name = part.name or ""
+            if name.startswith("client_files["):
+                index = int(name[len("client_files[") : -1])
+                files.append((index, part.filename or f"file_{index}", await part.read()))
+            else:
+                fields[name] = await part.text()
+        if not files:
+            raise _bad_request({"client_files": ["No media data found"]})
+        if "image_quality" not in fields:
+            raise _bad_request({"image_quality": ["This field is required."]})
+        images = [(n, b) for _, n, b in sorted(files)]
+        try:
+            rq_id = self.server.upload_data(
+                task.id,
+                images,
+                image_quality=int(fields["image_quality"]),
+                chunk_size=int(fields.get("chunk_size") or 72),
+            )
+        except ValueError as exc:
+            raise _bad_request({"detail": str(exc)}) from None
+        return _json({"rq_id": rq_id}, status=202)
+
+    async def task_status(self, request: web.Request) -> web.Response:
+        """The deprecated GET /api/tasks/{id}/status: no request (yet, or any more) is Finished."""
+        task = self._task(request)
+        item = self.server.creations.for_task(task.id)
+        body = item.legacy_status() if item is not None else {"state": "Finished", "message": ""}
+        return web.json_response(body, headers={"Deprecation": "true"})
+
     async def jobs_list(self, request: web.Request) -> web.Response:
         task_id = _int_arg(request, "task_id")
         project_id = _int_arg(request, "project_id")
@@ -135,7 +250,9 @@ class Handlers:
         items = []
         for job in sorted(self.state.jobs.values(), key=lambda j: -j.id):
             task = self.state.tasks[job.task_id]
-            if not self._visible(request, task):
+            if not self._visible(request, task) or not access.may_read_job(
+                request[USER], task, job
+            ):
                 continue
             if task_id is not None and job.task_id != task_id:
                 continue
@@ -178,7 +295,7 @@ class Handlers:
         items = []
         tasks = sorted(self.state.tasks.values(), key=lambda t: t.id)
         for task in tasks:
-            if not self._visible(request, task):
+            if not self._readable(request, task):
                 continue
             if task_id is not None and task.id != task_id:
                 continue
@@ -193,6 +310,8 @@ class Handlers:
         for task in self.state.tasks.values():
             label = task.label(label_id)
             if label is not None and self._visible(request, task):
+                if not access.may_read(request[USER], task):
+                    raise _forbidden()
                 return _json(resources.label(label))
         raise _not_found()
 
@@ -214,6 +333,16 @@ class Handlers:
 
     async def task_meta(self, request: web.Request) -> web.Response:
         task = self._task(request)
+        if task.data_id is None:  # CVAT reads task.data.images with data null: a 500
+            return _server_error()
+        if request.method == "PATCH":
+            body = await self._body(request)
+            deleted = body.get("deleted_frames") if isinstance(body, dict) else None
+            if not isinstance(deleted, list) or not all(isinstance(f, int) for f in deleted):
+                raise _bad_request({"deleted_frames": ["Expected a list of frame numbers."]})
+            if any(not 0 <= f < len(task.frames) for f in deleted):
+                raise _bad_request({"deleted_frames": ["Frame number out of range."]})
+            task.deleted_frames = set(deleted)
         return _json(resources.data_meta(task, 0, len(task.frames) - 1))
 
     async def job_meta(self, request: web.Request) -> web.Response:
@@ -223,6 +352,8 @@ class Handlers:
 
     async def task_data(self, request: web.Request) -> web.Response:
         task = self._task(request)
+        if not task.data_ready:
+            raise _bad_request(["The task has no data yet"])
         return self._data(request, task, 0, len(task.frames) - 1, "task")
 
     async def job_data(self, request: web.Request) -> web.Response:
@@ -261,7 +392,9 @@ class Handlers:
     # --- export -------------------------------------------------------------------
 
     async def dataset_export(self, request: web.Request) -> web.Response:
-        task = self._task(request)
+        task = self._task(request, write=False)
+        if not task.data_ready:
+            raise _bad_request("Exporting a dataset from a task without data is not allowed")
         fmt = request.query.get("format", "")
         known = {name: enabled for name, _, _, enabled in resources.EXPORT_FORMATS}
         if fmt not in known:
@@ -276,7 +409,7 @@ class Handlers:
         if location != "local":
             raise _bad_request([f"The CVAT stand-in has no storage '{location}': use local"])
         save_images = _flag(request.query.get("save_images"))
-        user = self.state.user
+        user = request[USER]
         rq_id = export.request_id(task.id, fmt, save_images, user.id)
         existing = self.server.exports.requests.get(rq_id)
         if existing is not None and existing.active:
@@ -316,13 +449,27 @@ class Handlers:
             headers={"Content-Disposition": f'attachment; filename="{item.filename}"'},
         )
 
+    def _background(self) -> list[export.ExportRequest | creation.CreateRequest]:
+        return [*self.server.exports.requests.values(), *self.server.creations.requests.values()]
+
     async def requests_list(self, request: web.Request) -> web.Response:
-        items = [r.as_dict(self.base) for r in self.server.exports.requests.values()]
+        """Background requests, newest first; ``action`` (create, export) and ``task_id`` filter."""
+        action = request.query.get("action")
+        task_id = _int_arg(request, "task_id")
+        items = []
+        for item in self._background():
+            data = item.as_dict(self.base)
+            if action and data["operation"]["type"].split(":")[0] != action:
+                continue
+            if task_id is not None and data["operation"]["task_id"] != task_id:
+                continue
+            items.append(data)
         items.sort(key=lambda r: r["created_date"], reverse=True)
         return _json(self._page(request, items))
 
     async def request_retrieve(self, request: web.Request) -> web.Response:
-        item = self.server.exports.requests.get(request.match_info["rq_id"])
+        rq_id = request.match_info["rq_id"]
+        item = next((r for r in self._background() if r.id == rq_id), None)
         if item is None:
             raise _not_found()
         return _json(item.as_dict(self.base))

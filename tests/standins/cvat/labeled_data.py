@@ -11,7 +11,10 @@ A request is validated whole before anything is stored (CVAT runs it in one
 transaction): one bad shape and nothing changes. The stand-in is stricter than
 CVAT in two places, on purpose, so tests catch writes that real CVAT would
 store in the wrong place: a shape must fall inside the job's frame range, and
-``update`` may only name ids that the job holds.
+``update`` may only name ids that the job holds. Tracks (README, "Tracks, as
+CVAT holds them"): their shapes are returned in frame order; a track whose
+shapes share a frame or mix types, or (task-level) spans jobs, is refused
+where CVAT would store it (and slice it per job).
 """
 
 from __future__ import annotations
@@ -183,6 +186,35 @@ def _semantic_problems(task: Task, key: str, item: dict[str, Any], jobs: list[Jo
             problems.append(f"{key}: frame {frame} is outside the frames written to ({ranges})")
     if key == "shapes" and not problems:
         problems += _points_problems(task, item)
+    if key == "tracks" and not problems:
+        problems += _track_problems(task, item, jobs)
+    return problems
+
+
+def _track_problems(task: Task, track: dict[str, Any], jobs: list[Job]) -> list[str]:
+    """A track's shapes: one per frame, of one type, valid points, within one job."""
+    problems = []
+    frames = [s["frame"] for s in track["shapes"]]
+    if len(set(frames)) != len(frames):
+        # CVAT stores them, then fails interpolating (get_interpolated_shapes asserts
+        # increasing frames): refused here.
+        problems.append(f"tracks: a track has two shapes on one frame ({sorted(frames)})")
+    if len({s["type"] for s in track["shapes"]}) > 1:
+        problems.append("tracks: a track's shapes must all be of one type")
+    if track["frame"] > min(frames):
+        problems.append(f"tracks: the track's frame {track['frame']} is after its first shape")
+    owners = {j.id for j in jobs if any(j.holds(f) for f in frames)}
+    if len(owners) > 1:
+        # CVAT slices a task-level track per job (AnnotationIR._slice_track); the
+        # stand-in does not: write each job its part.
+        problems.append(f"tracks: a track spans jobs {sorted(owners)}; write each job its part")
+    label = task.label(track["label_id"])
+    spec_ids = {a["id"] for a in label.attributes} if label else set()
+    for shape in track["shapes"]:
+        problems += [p.replace("shapes:", "tracks:", 1) for p in _points_problems(task, shape)]
+        for attr in shape["attributes"]:
+            if attr["spec_id"] not in spec_ids:
+                problems.append(f"spec_id `{attr['spec_id']}` is invalid")
     return problems
 
 
@@ -232,6 +264,7 @@ def _store(
             if not keep_ids:
                 item["id"] = next(counters[key])
             if key == "tracks":
+                item["shapes"].sort(key=lambda shape: shape["frame"])
                 for tracked in item["shapes"]:
                     if not keep_ids or tracked.get("id") is None:
                         tracked["id"] = next(state.shape_ids)
@@ -257,6 +290,11 @@ def _parse_common(raw: dict[str, Any], errs: dict[str, list[str]]) -> dict[str, 
     if source not in SOURCES:
         errs["source"] = [f'"{source}" is not a valid choice.']
     out["source"] = source
+    out["attributes"] = _parse_attributes(raw, errs)
+    return out
+
+
+def _parse_attributes(raw: dict[str, Any], errs: dict[str, list[str]]) -> list[dict[str, Any]]:
     attributes = raw.get("attributes", [])
     if not isinstance(attributes, list) or not all(
         isinstance(a, dict)
@@ -267,8 +305,7 @@ def _parse_common(raw: dict[str, Any], errs: dict[str, list[str]]) -> dict[str, 
     ):
         errs["attributes"] = ['Expected a list of {"spec_id": int, "value": str}.']
         attributes = []
-    out["attributes"] = [{"spec_id": a["spec_id"], "value": a["value"]} for a in attributes]
-    return out
+    return [{"spec_id": a["spec_id"], "value": a["value"]} for a in attributes]
 
 
 def _parse_geometry(raw: dict[str, Any], errs: dict[str, list[str]], out: dict[str, Any]) -> None:
@@ -336,7 +373,7 @@ def _parse_track(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[st
         item: dict[str, Any] = {
             "id": _int(shape, "id", shape_errs, required=False, default=None, nullable=True),
             "frame": _int(shape, "frame", shape_errs, required=True, minimum=0),
-            "attributes": shape.get("attributes", []),
+            "attributes": _parse_attributes(shape, shape_errs),
         }
         _parse_geometry(shape, shape_errs, item)
         for name, msgs in shape_errs.items():

@@ -1,8 +1,10 @@
-"""The stand-in's state: organisations, tasks, jobs, labels, frames, stored shapes.
+"""The stand-in's state: users, organisations, tasks, jobs, labels, frames, stored shapes.
 
 Plain dataclasses plus ``State``, which owns the id counters and builds tasks
-the way CVAT does (labels with ids, one job per segment of ``segment_size``
-frames). How these objects look on the wire lives in ``resources``.
+in CVAT's two steps: ``create_task`` makes the row (labels with ids, no data,
+no jobs), ``attach_data`` puts the frames in and cuts one job per segment of
+``segment_size`` frames. How these objects look on the wire lives in
+``resources``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ INPUT_TYPES = ("checkbox", "radio", "number", "text", "select")
 JOB_STAGES = ("annotation", "validation", "acceptance")
 JOB_STATES = ("new", "in progress", "completed", "rejected")
 
+#: CVAT's global privileges a stand-in user can have, and organisation roles.
+PRIVILEGES = ("admin", "user")
+ORG_ROLES = ("owner", "maintainer", "supervisor", "worker")
+
 #: Label colours handed out in order, as CVAT's UI palette does.
 _COLOURS = ("#fa3253", "#3d3df5", "#34d1b7", "#ff6037", "#b83df5", "#f59331", "#2a7dd1")
 
@@ -50,6 +56,11 @@ class User:
     first_name: str
     last_name: str
     email: str
+    #: CVAT's global privilege: "admin" sees and changes everything; "user" only
+    #: what it owns, is assigned to, or its organisation role allows (``access``).
+    privilege: str = "admin"
+    #: organisation slug -> role (owner, maintainer, supervisor, worker).
+    organizations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +93,7 @@ class Job:
     updated: datetime
     state: str = "new"
     stage: str = "annotation"
+    assignee: User | None = None
 
     @property
     def status(self) -> str:
@@ -112,7 +124,15 @@ class Task:
     subset: str
     created: datetime
     updated: datetime
-    data_id: int
+    #: None until data is attached (POST /api/tasks/{id}/data); the frames
+    #: and jobs exist only once that data is processed (``data_ready``).
+    data_id: int | None = None
+    data_ready: bool = False
+    #: Frames marked deleted (PATCH data/meta): kept, but not to be annotated.
+    deleted_frames: set[int] = field(default_factory=set)
+    assignee: User | None = None
+    #: The data is a video (``CvatStandIn.set_video``): mode "interpolation".
+    video: bool = False
 
     @property
     def status(self) -> str:
@@ -145,6 +165,7 @@ class State:
 
     def __init__(self) -> None:
         self.user = User(1, "admin1", "Admin", "First", "admin1@cvat.org")
+        self.users: dict[str, User] = {self.user.username: self.user}
         self.tasks: dict[int, Task] = {}
         self.jobs: dict[int, Job] = {}
         self.annotations: dict[int, Annotations] = {}
@@ -163,65 +184,104 @@ class State:
             self.organizations[slug] = len(self.organizations) + 1
         return self.organizations[slug]
 
+    def add_user(self, username: str, privilege: str, organizations: dict[str, str]) -> User:
+        if username in self.users:
+            raise ValueError(f"user {username!r} exists already")
+        if privilege not in PRIVILEGES:
+            raise ValueError(f"privilege must be one of {PRIVILEGES}, got {privilege!r}")
+        for slug, role in organizations.items():
+            if role not in ORG_ROLES:
+                raise ValueError(f"role in {slug!r} must be one of {ORG_ROLES}, got {role!r}")
+            self.organization_id(slug)
+        user = User(len(self.users) + 1, username, username.title(), "", f"{username}@cvat.org",
+                    privilege, dict(organizations))  # fmt: skip
+        self.users[username] = user
+        return user
+
     def create_task(
         self,
         name: str,
         labels: list[dict[str, Any]],
-        images: list[tuple[str, bytes]],
         *,
         project_id: int | None,
         segment_size: int | None,
         organization: str | None,
-        chunk_size: int,
-        image_quality: int,
         subset: str,
+        owner: User | None = None,
     ) -> Task:
-        if not images:
-            raise ValueError("a task needs at least one image")
+        """The task row CVAT makes on POST /api/tasks: labels, no data, no jobs."""
         if segment_size is not None and segment_size < 1:
             raise ValueError(f"segment_size must be at least 1, got {segment_size}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         if organization is not None:
             self.organization_id(organization)
-        frames = [_frame(name_, data) for name_, data in images]
-        names = [f.name for f in frames]
-        if len(set(names)) != len(names):
-            raise ValueError("image names must be unique within a task")
         task_id = next(self._task_ids)
         created = now()
         task_labels = [self._label(spec, i, task_id, project_id) for i, spec in enumerate(labels)]
         label_names = [lb.name for lb in task_labels]
         if len(set(label_names)) != len(label_names):
             raise ValueError(f"label names must be unique, got {label_names}")
-        size = len(frames)
-        step = segment_size or size
-        jobs = []
-        for start in range(0, size, step):
-            job = Job(next(self._job_ids), task_id, start, min(start + step, size) - 1, created,
-                      created)  # fmt: skip
-            jobs.append(job)
-            self.jobs[job.id] = job
-            self.annotations[job.id] = Annotations()
         task = Task(
             id=task_id,
             name=name,
             labels=task_labels,
-            frames=frames,
-            jobs=jobs,
-            owner=self.user,
+            frames=[],
+            jobs=[],
+            owner=owner or self.user,
             organization=organization,
             project_id=project_id,
-            segment_size=step,
-            chunk_size=chunk_size,
-            image_quality=image_quality,
+            segment_size=segment_size or 0,
+            chunk_size=0,
+            image_quality=0,
             subset=subset,
             created=created,
             updated=created,
-            data_id=next(self._data_ids),
         )
         self.tasks[task_id] = task
         return task
+
+    def check_images(self, images: list[tuple[str, bytes]]) -> list[Frame]:
+        """The frames of ``images``, refused (ValueError) before anything changes."""
+        if not images:
+            raise ValueError("a task needs at least one image")
+        frames = [_frame(name_, data) for name_, data in images]
+        names = [f.name for f in frames]
+        if len(set(names)) != len(names):
+            raise ValueError("image names must be unique within a task")
+        return frames
+
+    def start_data(self, task: Task, *, chunk_size: int, image_quality: int) -> None:
+        """POST /api/tasks/{id}/data: the task gets its (still empty) data object."""
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        if task.data_id is not None:
+            raise ValueError(f"task {task.id} has data already; CVAT adds no more")
+        task.data_id = next(self._data_ids)
+        task.chunk_size, task.image_quality = chunk_size, image_quality
+
+    def attach_data(
+        self,
+        task: Task,
+        frames: list[Frame],
+        deleted_frames: set[int] | frozenset[int] = frozenset(),
+    ) -> None:
+        """The data processed: frames in, one job per segment (CVAT's _create_thread end)."""
+        unknown = sorted(f for f in deleted_frames if not 0 <= f < len(frames))
+        if unknown:
+            raise ValueError(f"deleted frames {unknown} are not frames 0-{len(frames) - 1}")
+        size = len(frames)
+        step = task.segment_size or size
+        moment = now()
+        for start in range(0, size, step):
+            job = Job(next(self._job_ids), task.id, start, min(start + step, size) - 1, moment,
+                      moment)  # fmt: skip
+            task.jobs.append(job)
+            self.jobs[job.id] = job
+            self.annotations[job.id] = Annotations()
+        task.frames = frames
+        task.segment_size = step
+        task.deleted_frames = set(deleted_frames)
+        task.data_ready = True
+        task.updated = moment
 
     def _label(
         self, spec: dict[str, Any], index: int, task_id: int, project_id: int | None

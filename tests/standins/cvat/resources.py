@@ -73,32 +73,30 @@ def full_user(base: str, user: User) -> dict[str, Any]:
 
 
 def task(base: str, state: State, t: Task) -> dict[str, Any]:
+    """A task as TaskReadSerializer gives it. Before data is attached CVAT leaves
+    out every field read through ``task.data`` (``data``, ``size``,
+    ``image_quality``, ``data_chunk_size``, ``data_*_chunk_type``), as its
+    "task_without_data" asset shows; while the data is processed ``size`` is 0
+    and ``jobs.count`` 0."""
     completed = sum(1 for j in t.jobs if j.state == "completed")
     validation = sum(1 for j in t.jobs if j.stage == "validation")
     org_id = state.organizations[t.organization] if t.organization else None
-    return {
+    out: dict[str, Any] = {
         "url": f"{base}/api/tasks/{t.id}",
         "id": t.id,
         "name": t.name,
         "project_id": t.project_id,
         "project_name": f"project {t.project_id}" if t.project_id is not None else None,
-        "mode": "annotation",
+        "mode": ("interpolation" if t.video else "annotation") if t.data_ready else "",
         "owner": basic_user(base, t.owner),
-        "assignee": None,
+        "assignee": basic_user(base, t.assignee) if t.assignee else None,
         "bug_tracker": "",
         "created_date": iso(t.created),
         "updated_date": iso(t.updated),
-        "overlap": 0,
+        "overlap": 0 if t.data_ready else None,
         "segment_size": t.segment_size,
         "status": t.status,
-        "data_chunk_size": t.chunk_size,
-        "data_compressed_chunk_type": "imageset",
-        "data_original_chunk_type": "imageset",
-        "data_cloud_storage_id": None,
         "guide_id": None,
-        "size": len(t.frames),
-        "image_quality": t.image_quality,
-        "data": t.data_id,
         "dimension": "2d",
         "subset": t.subset,
         "organization": org_id,
@@ -114,6 +112,19 @@ def task(base: str, state: State, t: Task) -> dict[str, Any]:
         },
         "labels": {"url": f"{base}/api/labels?{urlencode({'task_id': t.id})}"},
     }
+    if t.data_id is not None:
+        out.update(
+            {
+                "data_chunk_size": t.chunk_size,
+                "data_compressed_chunk_type": "video" if t.video else "imageset",
+                "data_original_chunk_type": "video" if t.video else "imageset",
+                "data_cloud_storage_id": None,
+                "size": len(t.frames),
+                "image_quality": t.image_quality,
+                "data": t.data_id,
+            }
+        )
+    return out
 
 
 def job(base: str, state: State, j: Job) -> dict[str, Any]:
@@ -126,10 +137,10 @@ def job(base: str, state: State, j: Job) -> dict[str, Any]:
         "task_name": t.name,
         "project_id": t.project_id,
         "project_name": f"project {t.project_id}" if t.project_id is not None else None,
-        "assignee": None,
+        "assignee": basic_user(base, j.assignee) if j.assignee else None,
         "guide_id": None,
         "dimension": "2d",
-        "mode": "annotation",
+        "mode": "interpolation" if t.video else "annotation",
         "bug_tracker": None,
         "status": j.status,
         "stage": j.stage,
@@ -138,8 +149,8 @@ def job(base: str, state: State, j: Job) -> dict[str, Any]:
         "start_frame": j.start_frame,
         "stop_frame": j.stop_frame,
         "data_chunk_size": t.chunk_size,
-        "data_compressed_chunk_type": "imageset",
-        "data_original_chunk_type": "imageset",
+        "data_compressed_chunk_type": "video" if t.video else "imageset",
+        "data_original_chunk_type": "video" if t.video else "imageset",
         "created_date": iso(j.created),
         "updated_date": iso(j.updated),
         "type": "annotation",
@@ -173,13 +184,14 @@ def label(lb: Label) -> dict[str, Any]:
 
 
 def data_meta(t: Task, start: int, stop: int) -> dict[str, Any]:
+    """DataMetaReadSerializer; while the data is processed: size 0, no frames."""
     return {
         "chunks_updated_date": iso(t.created),
         "chunk_size": t.chunk_size,
-        "size": stop - start + 1,
+        "size": len(t.frames[start : stop + 1]),
         "image_quality": t.image_quality,
         "start_frame": start,
-        "stop_frame": stop,
+        "stop_frame": max(stop, start),
         "frame_filter": "",
         "frames": [
             {
@@ -189,9 +201,10 @@ def data_meta(t: Task, start: int, stop: int) -> dict[str, Any]:
                 "related_files": 0,
                 "has_related_context": False,
             }
-            for f in t.frames[start : stop + 1]
+            # A video is one media item: CVAT lists it once (views.py: media = [db_data.video]).
+            for f in (t.frames[:1] if t.video else t.frames[start : stop + 1])
         ],
-        "deleted_frames": [],
+        "deleted_frames": sorted(f for f in t.deleted_frames if start <= f <= stop),
         "included_frames": None,
         "chapters": None,
         "storage": "local",

@@ -1,24 +1,27 @@
 """``CvatStandIn``: the test-facing handle on the CVAT stand-in HTTP server.
 
-Start it, fill it with tasks, point a client (cvat-sdk or plain HTTP) at
-``server.url``, and inspect what the client did. It also plays CVAT's side of
-webhooks: job state changes are delivered, signed, to the registered targets.
+Start it, fill it with tasks (``add_task``: data ready; ``create_task`` then
+``upload_data``: CVAT's order, the data processed in the background), point a
+client (cvat-sdk or plain HTTP) at ``server.url``, and inspect what the client
+did. It also plays CVAT's side of webhooks: task creation and job state
+changes are delivered, signed, to the registered targets.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
+from . import creation, resources
 from . import labeled_data as annotations_
-from . import resources
 from .app import LoggedRequest, build_app
 from .export import ExportRequest, Exports
 from .faults import Faults
-from .model import JOB_STAGES, JOB_STATES, State, now
+from .model import JOB_STAGES, JOB_STATES, State, Task, User, now
 from .webhooks import DEFAULT_RETRY_INTERVALS, Delivery, Sender, Webhook
 
 #: Diff keys an update delivery carries: ``before_update`` (field -> old
@@ -70,8 +73,13 @@ class CvatStandIn:
             self.state.organization_id(organization)
         self.faults = Faults()
         self.exports = Exports()
+        self.creations = creation.Creations()
+        #: Tokens of the users ``add_user`` made (the ``tokens`` are the admin's).
+        self.user_tokens: dict[str, User] = {}
         self.webhooks: dict[int, Webhook] = {}
         self.request_log: list[LoggedRequest] = []
+        #: Issues as ``POST /api/issues`` made them (``issues.IssueHandlers``).
+        self.issues: list[dict[str, Any]] = []
         self._sender = Sender(retry_intervals=tuple(webhook_retry_intervals))
         self._sender.timeout = webhook_timeout
         self._backlog: list[tuple[Webhook, dict[str, Any]]] = []
@@ -101,6 +109,7 @@ class CvatStandIn:
 
     async def stop(self) -> None:
         await self.exports.close()
+        await self.creations.close()
         await self._sender.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -116,6 +125,84 @@ class CvatStandIn:
 
     # --- content ------------------------------------------------------------------
 
+    def create_task(
+        self,
+        name: str,
+        labels: list[dict[str, Any]],
+        project_id: int | None = None,
+        segment_size: int | None = None,
+        organization: str | None = SERVER_ORGANIZATION,
+        *,
+        subset: str = "",
+        owner: str | None = None,
+    ) -> int:
+        """Create a task row as ``POST /api/tasks`` does (labels, no data, no jobs)
+        and fire ``create:task`` now, as CVAT does; returns its id. Its data comes
+        later with ``upload_data`` (or ``POST /api/tasks/{id}/data``)."""
+        task = self._new_task(name, labels, project_id, segment_size, organization, subset, owner)
+        self._fire("create:task", "task", self.task(task.id), task.project_id, task.organization)
+        return task.id
+
+    def upload_data(
+        self,
+        task_id: int,
+        images: list[tuple[str, bytes]],
+        *,
+        chunk_size: int = 72,
+        image_quality: int = 70,
+        deleted_frames: Iterable[int] = (),
+    ) -> str:
+        """Attach data as ``POST /api/tasks/{id}/data`` does; returns the request id.
+
+        The frames and jobs appear once the data is processed, after
+        ``data_seconds`` (queued, then started), unless ``fail_data`` was called.
+        ``deleted_frames``: frames then marked deleted (PATCH data/meta).
+        """
+        task = self._task(task_id)
+        frames = self.state.check_images(images)
+        deleted = set(deleted_frames)
+        self.state.start_data(task, chunk_size=chunk_size, image_quality=image_quality)
+        user = task.owner
+        org_id = self.state.organizations[task.organization] if task.organization else None
+        request = creation.CreateRequest(
+            creation.request_id(task.id), task.id, task.project_id, org_id, (user.id, user.username)
+        )
+        start = partial(self.creations.start, request, partial(self.state.attach_data, task,
+                                                                  frames, deleted))  # fmt: skip
+        if self._loop is None:
+            raise RuntimeError("start the CVAT stand-in before uploading data")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            start()
+        else:  # called from a worker thread
+            self.creations.requests[request.id] = request
+            self._loop.call_soon_threadsafe(start)
+        return request.id
+
+    async def wait_for_data(self, task_id: int, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until the task's data request has ended; the request as /api/requests shows it."""
+        request = await self.creations.wait(task_id, timeout)
+        return request.as_dict(self.url)
+
+    @property
+    def data_seconds(self) -> float:
+        """Seconds a task's uploaded data spends queued and again started (default 0.05)."""
+        return self.creations.step_seconds
+
+    @data_seconds.setter
+    def data_seconds(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"data_seconds must not be negative, got {value}")
+        self.creations.step_seconds = value
+
+    def fail_data(self, task_id: int, message: str) -> None:
+        """Processing the task's data (uploaded before or after this) fails with ``message``."""
+        self._task(task_id)
+        self.creations.failures[task_id] = message
+
     def add_task(
         self,
         name: str,
@@ -129,8 +216,10 @@ class CvatStandIn:
         chunk_size: int = 72,
         image_quality: int = 70,
         subset: str = "",
+        deleted_frames: Iterable[int] = (),
+        owner: str | None = None,
     ) -> int:
-        """Create a task as CVAT would after data upload; returns its id.
+        """A task whose data is in already (as a user sees an older task); returns its id.
 
         ``labels``: [{"name", "type" (any, rectangle, polygon, mask, ...),
         "attributes": [{"name", "input_type", "values", "default_value",
@@ -138,28 +227,81 @@ class CvatStandIn:
         ``shapes``: [{"frame", "label" (name) or "label_id", "type", "points",
         optional occluded, z_order, rotation, source, score, attributes
         {name: value}}], stored in the job holding the frame.
-        ``segment_size``: frames per job (None: one job). Fires ``create:task``.
+        ``segment_size``: frames per job (None: one job). Fires ``create:task``
+        with the task as CVAT sent it at creation (no data, no jobs), but its
+        data is ready at once: for CVAT's real order use ``create_task`` and
+        ``upload_data``.
         """
+        frames = self.state.check_images(images)
+        task = self._new_task(name, labels, project_id, segment_size, organization, subset, owner)
+        try:
+            created = self.task(task.id)
+            self.state.start_data(task, chunk_size=chunk_size, image_quality=image_quality)
+            self.state.attach_data(task, frames, set(deleted_frames))
+            if shapes:
+                self._seed_shapes(task.id, shapes)
+        except Exception:
+            self._forget_task(task.id)
+            raise
+        self._fire("create:task", "task", created, task.project_id, task.organization)
+        return task.id
+
+    def _new_task(
+        self,
+        name: str,
+        labels: list[dict[str, Any]],
+        project_id: int | None,
+        segment_size: int | None,
+        organization: str | None,
+        subset: str,
+        owner: str | None,
+    ) -> Task:
         org = self.organization if organization is SERVER_ORGANIZATION else organization
-        task = self.state.create_task(
+        return self.state.create_task(
             name,
             labels,
-            images,
             project_id=project_id,
             segment_size=segment_size,
             organization=org,
-            chunk_size=chunk_size,
-            image_quality=image_quality,
             subset=subset,
+            owner=self._user(owner) if owner is not None else None,
         )
-        if shapes:
-            try:
-                self._seed_shapes(task.id, shapes)
-            except Exception:
-                self._forget_task(task.id)
-                raise
-        self._fire("create:task", "task", self.task(task.id), task.project_id, task.organization)
-        return task.id
+
+    # --- users --------------------------------------------------------------------
+
+    def add_user(
+        self,
+        username: str,
+        token: str,
+        *,
+        privilege: str = "user",
+        organizations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A user who authenticates with ``token`` (Bearer or Token). ``privilege``
+        "user" (CVAT's default) or "admin"; ``organizations``: slug -> role (owner,
+        maintainer, supervisor, worker). What it may see and change: ``access``."""
+        if token in self.tokens or token in self.user_tokens:
+            raise ValueError("that token belongs to another user already")
+        user = self.state.add_user(username, privilege, organizations or {})
+        self.user_tokens[token] = user
+        return resources.basic_user(self.url, user)
+
+    def assign(self, username: str | None, *, task_id: int = 0, job_id: int = 0) -> None:
+        """Make ``username`` (None: nobody) the assignee of a task or of a job."""
+        user = self._user(username) if username is not None else None
+        if bool(task_id) == bool(job_id):
+            raise ValueError("name exactly one of task_id and job_id")
+        if task_id:
+            self._task(task_id).assignee = user
+        else:
+            if job_id not in self.state.jobs:
+                raise KeyError(f"no job {job_id}; jobs are {sorted(self.state.jobs)}")
+            self.state.jobs[job_id].assignee = user
+
+    def _user(self, username: str) -> User:
+        if username not in self.state.users:
+            raise KeyError(f"no user {username!r}; users are {sorted(self.state.users)}")
+        return self.state.users[username]
 
     def _seed_shapes(self, task_id: int, shapes: list[dict[str, Any]]) -> None:
         task = self.state.tasks[task_id]
@@ -192,6 +334,7 @@ class CvatStandIn:
 
     def _forget_task(self, task_id: int) -> None:
         task = self.state.tasks.pop(task_id)
+        self.creations.requests.pop(creation.request_id(task_id), None)
         for job in task.jobs:
             self.state.jobs.pop(job.id, None)
             self.state.annotations.pop(job.id, None)
@@ -244,6 +387,11 @@ class CvatStandIn:
     def delay(self, path_regex: str, seconds: float, method: str = "*") -> None:
         """Hold every matching request ``seconds`` before answering."""
         self.faults.add_delay(path_regex, seconds, method)
+
+    def set_video(self, task_id: int) -> None:
+        """Make the task's data a video, as CVAT shows one: task and job ``mode``
+        "interpolation", chunk types "video", one entry in data/meta ``frames``."""
+        self._task(task_id).video = True
 
     def break_frame(self, task_id: int, frame: int) -> None:
         """Serve that frame (alone, in chunks and in exports) as undecodable bytes."""

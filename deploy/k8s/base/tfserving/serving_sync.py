@@ -6,14 +6,28 @@ TensorFlow's core in 2.6), so a sidecar copies every *finished* version,
 to ``<dest>/<ns>/serving/<name>/<version>/``. A version is copied once: its
 files are fetched into ``<dest>/.partial/``, checked against the manifest's
 sizes and SHA-256 sums, and renamed into place in one step, so TF Serving never
-sees half a version. Versions whose manifest is gone from the bucket are
-removed with ``--prune``.
+sees half a version. Only the newest ``--keep`` versions of each model are
+mirrored (the ones the inference service names in TF Serving's config,
+``PREANNOTATE_TFSERVING_KEEP_VERSIONS``, default 3): a newer version is copied
+first, then the one it pushes out is removed; a model's promoted version and
+the one promoted before it stay mirrored however old (the newest entry of its
+promotion log, ``<ns>/models/<name>/promotion/<seq>.json``, which
+``preannotate.promotion`` writes, names them). Versions whose manifest is gone
+from the bucket are removed with ``--prune``.
+
+Readiness. With ``--ready-file`` (``SERVING_SYNC_READY_FILE``) the file is
+removed at start and written after the first pass that lists the bucket and
+handles every version (copied, or failed its check and logged): the mirror has
+refilled. The pod's readiness probe tests for it, so after a restart or during
+a rollout no request reaches a TF Serving whose models are not on disk yet.
 
 Runs in any image with Python 3.11 and boto3 (the gateway's image has both).
 Reads the same variables as the services: ``PREANNOTATE_S3_ENDPOINT``,
 ``PREANNOTATE_S3_BUCKET``, ``PREANNOTATE_S3_REGION``,
-``PREANNOTATE_S3_ACCESS_KEY``, ``PREANNOTATE_S3_SECRET_KEY``; its own are
-``SERVING_SYNC_DEST`` and ``SERVING_SYNC_INTERVAL_SECONDS``.
+``PREANNOTATE_S3_ACCESS_KEY``, ``PREANNOTATE_S3_SECRET_KEY`` and the inference
+service's ``PREANNOTATE_TFSERVING_KEEP_VERSIONS``; its own are
+``SERVING_SYNC_DEST``, ``SERVING_SYNC_INTERVAL_SECONDS`` and
+``SERVING_SYNC_READY_FILE``.
 
     python serving_sync.py                # every 5 s until SIGTERM
     python serving_sync.py --once         # one pass, exit 0 when every version synced
@@ -41,6 +55,9 @@ FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
 TRASH = ".trash"
+#: Versions of each model kept when PREANNOTATE_TFSERVING_KEEP_VERSIONS is unset
+#: (the inference service's default).
+KEEP_VERSIONS = 3
 
 log = logging.getLogger("serving-sync")
 
@@ -90,6 +107,34 @@ def finished_versions(client: Any, bucket: str) -> set[str]:
     return found
 
 
+PROMOTION_ENTRY = re.compile(r"^(?P<seq>[1-9][0-9]{0,17})\.json$")
+
+
+def pinned_versions(client: Any, bucket: str, versions: set[str]) -> set[str]:
+    """Of the models of ``versions`` (``<ns>/serving/<name>/<version>`` paths), the
+    promoted version and the one promoted before it, as the newest entry of each
+    model's promotion log says (each entry holds the state after it: ``promoted``,
+    and ``previous``, oldest first; ``preannotate.promotion.PromotionState.pinned``)."""
+    paginator = client.get_paginator("list_objects_v2")
+    out: set[str] = set()
+    for model in sorted({v.rsplit("/", 1)[0] for v in versions}):
+        namespace, _, name = model.split("/")
+        prefix = f"{namespace}/models/{name}/promotion/"
+        newest: tuple[int, str] | None = None
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                match = PROMOTION_ENTRY.match(obj["Key"][len(prefix) :])
+                if match and (newest is None or int(match["seq"]) > newest[0]):
+                    newest = (int(match["seq"]), obj["Key"])
+        if newest is None:
+            continue
+        entry = json.loads(client.get_object(Bucket=bucket, Key=newest[1])["Body"].read())
+        order = [entry["promoted"]] if entry.get("promoted") else []
+        order += list(reversed(entry.get("previous") or []))
+        out |= {f"{model}/{int(v)}" for v in order[:2]}
+    return out
+
+
 def local_versions(dest: Path) -> set[str]:
     """The versions already in place under ``dest``."""
     out = set()
@@ -98,6 +143,19 @@ def local_versions(dest: Path) -> set[str]:
         if path.is_dir() and VERSION_PREFIX.match(rel + "/"):
             out.add(rel)
     return out
+
+
+def newest(versions: set[str], keep: int | None) -> set[str]:
+    """Of ``<ns>/serving/<name>/<version>`` paths, the newest ``keep`` of each
+    model (every one when ``keep`` is None)."""
+    by_model: dict[str, list[str]] = {}
+    for version_dir in versions:
+        by_model.setdefault(version_dir.rsplit("/", 1)[0], []).append(version_dir)
+    return {
+        v
+        for dirs in by_model.values()
+        for v in sorted(dirs, key=lambda d: int(d.rsplit("/", 1)[1]), reverse=True)[:keep]
+    }
 
 
 def _safe_relative(name: str) -> PurePosixPath:
@@ -159,13 +217,22 @@ def remove_version(dest: Path, version_dir: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def sync_once(client: Any, bucket: str, dest: Path, *, prune: bool = False) -> PassResult:
-    """One pass: copy every finished version that is missing; prune the vanished."""
+def sync_once(
+    client: Any, bucket: str, dest: Path, *, prune: bool = False, keep: int | None = None
+) -> PassResult:
+    """One pass: copy each missing version among the newest ``keep`` of its model,
+    then remove the local versions older than those; with ``prune``, also the
+    versions gone from the bucket."""
+    if keep is not None and keep < 1:
+        raise ValueError(
+            f"keep must be at least 1 (PREANNOTATE_TFSERVING_KEEP_VERSIONS), not {keep}"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     remote = finished_versions(client, bucket)
     local = local_versions(dest)
+    wanted = newest(remote, keep) | (pinned_versions(client, bucket, remote) & remote)
     result = PassResult()
-    for version_dir in sorted(remote - local):
+    for version_dir in sorted(wanted - local):
         try:
             copy_version(client, bucket, version_dir, dest)
         except SyncError as exc:
@@ -174,12 +241,28 @@ def sync_once(client: Any, bucket: str, dest: Path, *, prune: bool = False) -> P
             continue
         result.copied.append(version_dir)
         log.info("copied %s", version_dir)
+    for version_dir in sorted((local & remote) - wanted):
+        remove_version(dest, version_dir)
+        result.removed.append(version_dir)
+        log.info(
+            "removed %s (older than the newest %s of its model, and not promoted)",
+            version_dir,
+            keep,
+        )
     if prune:
         for version_dir in sorted(local - remote):
             remove_version(dest, version_dir)
             result.removed.append(version_dir)
             log.info("removed %s (its manifest is gone from the bucket)", version_dir)
     return result
+
+
+def mark_ready(path: Path | None) -> None:
+    """Write the readiness file (once): a pass has completed."""
+    if path is not None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("synced\n")
+        log.info("mirror complete; ready (%s)", path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +275,18 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("SERVING_SYNC_INTERVAL_SECONDS", "5")),
         help="seconds between passes",
     )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=int(os.environ.get("PREANNOTATE_TFSERVING_KEEP_VERSIONS") or KEEP_VERSIONS),
+        help="versions of each model mirrored: the newest N (as many as the inference "
+        "service names in TF Serving's config)",
+    )
+    parser.add_argument(
+        "--ready-file",
+        default=os.environ.get("SERVING_SYNC_READY_FILE") or None,
+        help="written once a pass has completed (the mirror has refilled): the readiness probe",
+    )
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument(
         "--prune",
@@ -200,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         help="remove local versions whose manifest is gone from the bucket",
     )
     args = parser.parse_args(argv)
+    if args.keep < 1:
+        parser.error(
+            f"--keep (PREANNOTATE_TFSERVING_KEEP_VERSIONS) must be at least 1, not {args.keep}"
+        )
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -207,8 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     client = make_client()
     dest = Path(args.dest)
+    ready = Path(args.ready_file) if args.ready_file else None
+    if ready is not None:
+        ready.unlink(missing_ok=True)  # a restarted container keeps its /tmp
     if args.once:
-        result = sync_once(client, args.bucket, dest, prune=args.prune)
+        result = sync_once(client, args.bucket, dest, prune=args.prune, keep=args.keep)
+        mark_ready(ready)
         return 1 if result.failed else 0
 
     stop = threading.Event()
@@ -217,10 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("mirroring s3://%s/*/serving/ to %s every %.0f s", args.bucket, dest, args.interval)
     while not stop.is_set():
         try:
-            sync_once(client, args.bucket, dest, prune=args.prune)
+            sync_once(client, args.bucket, dest, prune=args.prune, keep=args.keep)
         except Exception:
             # S3 down or a network error: say so and try again next pass.
             log.exception("pass failed; retrying in %.0f s", args.interval)
+        else:
+            mark_ready(ready)
         stop.wait(args.interval)
     return 0
 

@@ -28,7 +28,15 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from preannotate.catalog import BOOL, FLOAT, INT, STEPS, ArgumentSpec, ModelEntry
+from preannotate.catalog import (
+    AUTO_INPUT_MAX,
+    BOOL,
+    FLOAT,
+    INT,
+    INT_OR_AUTO,
+    ArgumentSpec,
+    ModelEntry,
+)
 from preannotate.catalog import get as catalog_get
 from preannotate.errors import InvalidArgument
 from preannotate.keys import check_name
@@ -53,7 +61,7 @@ class Arguments:
     batch_size: int | None = None
     initial_learning_rate: float | None = None
     warmup_steps: int | None = None
-    input_size: int | None = None
+    input_size: int | Literal["auto"] | None = None
     checkpoint_every: int | None = None
     eval: bool | None = None
     pretrained: bool | None = None
@@ -64,6 +72,7 @@ class Arguments:
     first_stage_max_proposals: int | None = None
     second_stage_batch_size: int | None = None
     num_sampled_masks: int | None = None
+    crop_size: int | None = None
     stage1_epochs: int | None = None
     stage2_epochs: int | None = None
     stage3_epochs: int | None = None
@@ -116,6 +125,10 @@ class Plan:
     first_stage_max_proposals: int = 0
     second_stage_batch_size: int = 0
     num_sampled_masks: int = 0
+    #: Training crops of this size cut from frames scaled to ``input_size`` (0: whole frames).
+    crop_size: int = 0
+    #: How ``input_size`` was chosen: "default", "user", "auto from ...".
+    input_size_source: str = "default"
     train_images: int = 0
     #: The keys the user set, as typed values (for the job status and manifest).
     user_arguments: dict[str, Any] = field(default_factory=dict)
@@ -130,8 +143,11 @@ class Plan:
             "learning_rate": f"{self.learning_rate:g}",
             "num_clones": str(self.num_clones),
             "input_size": str(self.input_size),
+            "input_size_source": self.input_size_source,
             "pretrained": "true" if self.pretrained else "false",
         }
+        if self.crop_size:
+            out["crop_size"] = str(self.crop_size)
         if self.stages:
             out["stages"] = ", ".join(
                 f"{s.number}: {s.trains} {s.epochs} epochs = {s.steps} steps" for s in self.stages
@@ -166,11 +182,11 @@ def _parse_value(spec: ArgumentSpec, raw_key: str, raw: str, model: str) -> Any:
         if low in _FALSE:
             return False
         raise InvalidArgument(f"{raw_key}={value!r} is not a yes/no value: use true or false")
-    if spec.kind == STEPS and value.lower() == "auto":
+    if spec.kind == INT_OR_AUTO and value.lower() == "auto":
         return "auto"
-    if spec.kind in (INT, STEPS):
+    if spec.kind in (INT, INT_OR_AUTO):
         if not _INT.fullmatch(value):
-            extra = " or auto" if spec.kind == STEPS else ""
+            extra = " or auto" if spec.kind == INT_OR_AUTO else ""
             raise InvalidArgument(
                 f"{raw_key}={value!r} is not a whole number: use {_range_text(spec)}{extra}"
             )
@@ -302,12 +318,28 @@ def _check_cross(entry: ModelEntry, values: dict[str, Any], num_clones: int) -> 
             f"e.g. {num_clones * max(1, batch // num_clones)}"
         )
     size = values.get("input_size")
-    if size is not None and size % entry.size_multiple:
+    if size == "auto":
+        size = None  # picked from the frames when the job runs (``resolve``)
+    elif size is not None and size % entry.size_multiple:
         lower = max(entry.size_multiple, size - size % entry.size_multiple)
         raise InvalidArgument(
             f"input_size={size} is not a multiple of {entry.size_multiple} for {entry.name}: "
             f"use e.g. {lower} or {lower + entry.size_multiple}"
         )
+    crop = values.get("crop_size")
+    if crop is not None:
+        if crop % entry.size_multiple:
+            lower = max(entry.size_multiple, crop - crop % entry.size_multiple)
+            raise InvalidArgument(
+                f"crop_size={crop} is not a multiple of {entry.size_multiple} for {entry.name}: "
+                f"use e.g. {lower} or {lower + entry.size_multiple}"
+            )
+        whole = size if size is not None else entry.input_size
+        if values.get("input_size") != "auto" and crop >= whole:
+            raise InvalidArgument(
+                f"crop_size={crop} must be below input_size={whole}: crops are cut from frames "
+                f"scaled to input_size; drop crop_size to train on whole frames"
+            )
     for k in (1, 2):
         step, lr = values.get(f"schedule_step_{k}"), values.get(f"schedule_lr_{k}")
         if (step is None) != (lr is None):
@@ -332,11 +364,46 @@ def _check_cross(entry: ModelEntry, values: dict[str, Any], num_clones: int) -> 
 # --- The plan ----------------------------------------------------------------
 
 
-def resolve(args: Arguments, model: ModelEntry | str, dataset_images: int) -> Plan:
-    """The training plan for ``args`` on a training split of ``dataset_images`` images."""
+def auto_input_size(entry: ModelEntry, median_long_side: int) -> int:
+    """``input_size=auto``: the frames' median longer side, to the nearest multiple."""
+    step = entry.size_multiple
+    nearest = int(median_long_side / step + 0.5) * step
+    return max(step, min(nearest, max(step, AUTO_INPUT_MAX - AUTO_INPUT_MAX % step)))
+
+
+def _input_size(args: Arguments, entry: ModelEntry, median_long_side: int) -> tuple[int, str, int]:
+    """(input size, how it was chosen, crop size or 0)."""
+    crop = args.crop_size or 0
+    if args.input_size is None:
+        return entry.input_size, "default", crop
+    if args.input_size != "auto":
+        return int(args.input_size), "user", crop
+    if median_long_side <= 0:
+        raise InvalidArgument(
+            "input_size=auto needs the training frames' sizes, and this dataset's manifest "
+            "has none (exported by an older exporter): export the task again, or give "
+            "input_size a number"
+        )
+    size = auto_input_size(entry, median_long_side)
+    source = f"auto from the frames' median longer side {median_long_side} px"
+    if crop and crop >= size:
+        source += f"; crop_size={crop} not below it, so whole frames"
+        crop = 0
+    return size, source, crop
+
+
+def resolve(
+    args: Arguments, model: ModelEntry | str, dataset_images: int, *, median_long_side: int = 0
+) -> Plan:
+    """The training plan for ``args`` on a training split of ``dataset_images`` images.
+
+    ``median_long_side``: the training frames' median longer side in pixels (the
+    dataset manifest's), which ``input_size=auto`` needs.
+    """
     entry = _entry(model)
     if args.model_type != entry.name:
         raise ValueError(f"arguments parsed for {args.model_type}, resolved for {entry.name}")
+    input_size, size_source, crop = _input_size(args, entry, median_long_side)
     batch = args.batch_size if args.batch_size is not None else entry.default_batch(args.num_clones)
     if args.initial_learning_rate is not None:
         lr = args.initial_learning_rate
@@ -400,7 +467,6 @@ def resolve(args: Arguments, model: ModelEntry | str, dataset_images: int) -> Pl
     if stages and schedule:
         raise InvalidArgument("maskrcnn sets its learning rate by stage; drop schedule_* keys")
 
-    input_size = args.input_size if args.input_size is not None else entry.input_size
     return Plan(
         model_type=entry.name,
         num_clones=args.num_clones,
@@ -410,6 +476,7 @@ def resolve(args: Arguments, model: ModelEntry | str, dataset_images: int) -> Pl
         steps_source=source,
         warmup_steps=warmup,
         input_size=input_size,
+        input_size_source=size_source,
         checkpoint_every=args.checkpoint_every,
         evaluate=True if args.eval is None else bool(args.eval),
         pretrained=True if args.pretrained is None else bool(args.pretrained),
@@ -424,6 +491,7 @@ def resolve(args: Arguments, model: ModelEntry | str, dataset_images: int) -> Pl
             (args.second_stage_batch_size or 512) if entry.family != "retinanet" else 0
         ),
         num_sampled_masks=(args.num_sampled_masks or 128) if entry.has_masks else 0,
+        crop_size=crop,
         train_images=dataset_images,
         user_arguments=args.as_dict(),
     )

@@ -31,8 +31,8 @@ Family = Literal["retinanet", "fasterrcnn", "maskrcnn"]
 INT = "int"
 FLOAT = "float"
 BOOL = "bool"
-STEPS = "int or auto"
-KINDS = (INT, FLOAT, BOOL, STEPS)
+INT_OR_AUTO = "int or auto"
+KINDS = (INT, FLOAT, BOOL, INT_OR_AUTO)
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,8 @@ class Catalog:
 # --- The argument keys ------------------------------------------------------
 
 MAX_STEPS = 10_000_000
+#: The largest input size "input_size=auto" picks.
+AUTO_INPUT_MAX = 1024
 
 
 def _common_arguments(
@@ -180,7 +182,7 @@ def _common_arguments(
     return (
         ArgumentSpec(
             "epochs",
-            STEPS if auto else INT,
+            INT_OR_AUTO if auto else INT,
             steps,
             epochs_help,
             minimum=1,
@@ -222,9 +224,11 @@ def _common_arguments(
         ),
         ArgumentSpec(
             "input_size",
-            INT,
+            INT_OR_AUTO,
             str(input_size),
-            f"square input size in pixels, a multiple of {multiple}",
+            f"square input size in pixels, a multiple of {multiple}; 'auto': the training "
+            f"frames' median longer side, rounded to a multiple of {multiple}, at most "
+            f"{AUTO_INPUT_MAX}",
             minimum=multiple,
             maximum=2048,
         ),
@@ -270,6 +274,20 @@ _SCHEDULE = (
         maximum=MAX_STEPS,
     ),
     ArgumentSpec("schedule_lr_2", FLOAT, "none", "learning rate from schedule_step_2", 0.0, 10.0),
+)
+
+
+_CROP = (
+    ArgumentSpec(
+        "crop_size",
+        INT,
+        "none (whole frames)",
+        "train on random crops of this size cut from frames scaled to input_size: steps "
+        "cost as at crop_size while objects keep the scale the model sees at input_size "
+        "(small objects in large frames); a multiple of 128, below input_size",
+        minimum=128,
+        maximum=2048,
+    ),
 )
 
 
@@ -393,7 +411,8 @@ def _entries() -> list[ModelEntry]:
             multiple=128,
             auto=True,
         )
-        + _SCHEDULE,
+        + _SCHEDULE
+        + _CROP,
     )
     mask_epochs = (1, 2, 3)
     maskrcnn = ModelEntry(

@@ -4,6 +4,7 @@
     <namespace>/models/<name>/<version>/
     <namespace>/serving/<name>/<version>/
     <namespace>/jobs/<job_id>/
+    <namespace>/reviews/<cvat server>/task-<id>.json
     _job-ids/<job_id>.json          which namespace holds a job id (outside every
                                     namespace: no namespace starts with '_')
 
@@ -17,7 +18,9 @@ What is read back from these prefixes (finished versions, checkpoints) is
 
 from __future__ import annotations
 
+import hashlib
 import re
+from urllib.parse import urlsplit
 
 from preannotate.errors import UnsafeName
 
@@ -103,3 +106,32 @@ def job_claim_key(job_id: str) -> str:
 
 def job_prefix(namespace: str, job_id: str) -> str:
     return f"{check_name(namespace, 'namespace')}/jobs/{check_name(job_id, 'job id')}/"
+
+
+def cvat_server(url: str) -> str:
+    """A storage-safe name of one CVAT server: its host, and a hash of its scheme,
+    host, port (the default filled in) and path, e.g. ``cvat.example.org-3f2a9c1d0b7e``.
+
+    Two servers never share a name (the hash), and the same server named with or
+    without its default port or a trailing '/' keeps one."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeName(f"CVAT URL {url!r} is not allowed: use http://host[:port] or https://...")
+    port = parts.port or {"http": 80, "https": 443}[parts.scheme]
+    identity = f"{parts.scheme}://{parts.hostname.lower()}:{port}{parts.path.rstrip('/')}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    host = re.sub(r"[^a-z0-9.-]", "-", parts.hostname.lower()).strip(".-")[:63] or "cvat"
+    return f"{host}-{digest}"
+
+
+def review_key(namespace: str, cvat_url: str, task_id: int) -> str:
+    """Where the newest pre-annotation run of a CVAT task keeps its ranking of frames by
+    doubt (``services.inference.reviewstore``): one object per namespace, CVAT server
+    (``cvat_server``) and task, replaced whole by the task's next run. The namespace
+    and the server are both in the key, so two namespaces or two CVAT servers with
+    the same task id never read each other's ranking."""
+    if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 1:
+        raise UnsafeName(f"CVAT task id {task_id!r} is not allowed: use a whole number from 1")
+    return (
+        f"{check_name(namespace, 'namespace')}/reviews/{cvat_server(cvat_url)}/task-{task_id}.json"
+    )

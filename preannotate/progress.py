@@ -6,6 +6,12 @@ thread (``asyncio.to_thread``), and that thread cannot await ``ctx.report``.
 ``settle()``, awaited by the handler when the work ends, waits a bounded time
 for the reports still on their way.
 
+At most one report is on its way at a time: a report sent while another is in
+flight waits, and a newer one replaces it (``coalesced`` counts those). A
+status is a snapshot, so only the newest matters; a bus that is slow or down
+then sees one write at a time instead of one per training step (a broker
+outage used to queue a write, and a log line, per step).
+
 One rule for a report that cannot be written (the bus is down, the status
 topic refuses it): it does not stop the work. A status line is not worth a
 training of hours or an export; the job's outcome (its event, its final
@@ -45,8 +51,13 @@ class ThreadReports:
         self.stage, self.model = stage, model
         self.settle_seconds = settle_seconds
         self.failed = 0
-        self._pending: set[concurrent.futures.Future[None]] = set()
-        self._lock = threading.Lock()
+        #: Reports replaced by a newer one before they were sent.
+        self.coalesced = 0
+        self._in_flight: concurrent.futures.Future[None] | None = None
+        self._waiting: dict[str, Any] | None = None
+        # Re-entrant: a report that finishes before its callback is added runs
+        # ``_done`` at once, in the thread that holds the lock.
+        self._lock = threading.RLock()
 
     def send(
         self,
@@ -56,21 +67,33 @@ class ThreadReports:
         details: dict[str, str] | None = None,
     ) -> None:
         """Publish one report (from any thread but the loop's); never raises for the write."""
-        report = self.ctx.report(
-            stage=self.stage,
-            model=self.model,
-            message=message,
-            progress=progress,
-            details=dict(details) if details is not None else None,
-        )
-        future = asyncio.run_coroutine_threadsafe(report, self.loop)
+        fields = {
+            "message": message,
+            "progress": progress,
+            "details": dict(details) if details is not None else None,
+        }
         with self._lock:
-            self._pending.add(future)
+            if self._in_flight is not None:
+                if self._waiting is not None:
+                    self.coalesced += 1
+                self._waiting = fields
+                return
+            self._start(fields)
+
+    def _start(self, fields: dict[str, Any]) -> None:
+        """Send ``fields`` now (the lock is held)."""
+        report = self.ctx.report(stage=self.stage, model=self.model, **fields)
+        future = asyncio.run_coroutine_threadsafe(report, self.loop)
+        self._in_flight = future
         future.add_done_callback(self._done)
 
     def _done(self, future: concurrent.futures.Future[None]) -> None:
         with self._lock:
-            self._pending.discard(future)
+            if self._in_flight is future:
+                self._in_flight = None
+                following, self._waiting = self._waiting, None
+                if following is not None and not future.cancelled():
+                    self._start(following)
         if future.cancelled():
             return
         error = future.exception()
@@ -90,16 +113,20 @@ class ThreadReports:
 
         Reports still unsent then are dropped (cancelled) and logged.
         """
-        with self._lock:
-            pending = list(self._pending)
-        if not pending:
+        deadline = self.loop.time() + self.settle_seconds
+        while True:
+            with self._lock:
+                current = self._in_flight
+            if current is None:
+                return
+            left = deadline - self.loop.time()
+            if left > 0:
+                await asyncio.wait([asyncio.wrap_future(current)], timeout=left)
+                if current.done():
+                    continue  # its failure was logged and counted by _done
+            with self._lock:
+                dropped = 1 + (self._waiting is not None)
+                self._waiting = None
+            current.cancel()
+            self.ctx.log.warning("status reports dropped: still unsent", count=dropped)
             return
-        waiting = [asyncio.wrap_future(f) for f in pending]
-        done, late = await asyncio.wait(waiting, timeout=self.settle_seconds)
-        for future in done:  # their failures were logged and counted by _done
-            if not future.cancelled():
-                future.exception()
-        if late:
-            for future in late:
-                future.cancel()
-            self.ctx.log.warning("status reports dropped: still unsent", count=len(late))

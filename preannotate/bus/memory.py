@@ -58,6 +58,38 @@ def partition_for(key: str | None, partitions: int, counter: itertools.count) ->
     return zlib.crc32(key.encode()) % partitions
 
 
+class _Signal:
+    """Wakes every waiting poll when a record or a member changes.
+
+    Each waiter awaits a future of its own: a poll cancelled while it waits
+    leaves nothing shared half-done. (An ``asyncio.Condition`` waited on with
+    ``wait_for`` could, on Python 3.11, be left unlocked by a cancellation during
+    its re-acquire, and its ``async with`` then failed with "Lock is not
+    acquired".)
+    """
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def notify_all(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when notified, False after ``timeout`` seconds."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.discard(waiter)
+
+
 class MemoryBus:
     """A bus whose topics live in this process's memory."""
 
@@ -67,7 +99,7 @@ class MemoryBus:
         self.default_partitions = default_partitions
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, _Group] = {}
-        self._changed = asyncio.Condition()
+        self._changed = _Signal()
         self._round_robin = itertools.count()
         self._readers: list[MemoryConsumer] = []  # members of no group
 
@@ -122,8 +154,7 @@ class MemoryBus:
             timestamp_ms=int(asyncio.get_running_loop().time() * 1000),
         )
         log.append(record)
-        async with self._changed:
-            self._changed.notify_all()
+        self._changed.notify_all()
         return p, record.offset
 
     def end_offsets(self, topic: str) -> list[int]:
@@ -222,8 +253,7 @@ class MemoryConsumer(LostNotices):
             return
         self._running = False
         await self.bus._leave(self)
-        async with self.bus._changed:
-            self.bus._changed.notify_all()
+        self.bus._changed.notify_all()
 
     def _assign(self, partitions: list[tuple[str, int]]) -> None:
         keep = {tp: self._positions[tp] for tp in partitions if tp in self._positions}
@@ -267,18 +297,13 @@ class MemoryConsumer(LostNotices):
             return records
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with self.bus._changed:
-            while self._running:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self.bus._changed.wait(), left)
-                except TimeoutError:
-                    break
-                records = self._available()
-                if records:
-                    return records
+        while self._running:
+            left = deadline - loop.time()
+            if left <= 0 or not await self.bus._changed.wait(left):
+                break
+            records = self._available()
+            if records:
+                return records
         await asyncio.sleep(0)
         return []
 
@@ -301,8 +326,7 @@ class MemoryConsumer(LostNotices):
         self._wakeup = asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
-        async with self.bus._changed:
-            self.bus._changed.notify_all()
+        self.bus._changed.notify_all()
 
     def assignment(self) -> set[tuple[str, int]]:
         return set(self._assigned)

@@ -1,9 +1,10 @@
 """Client commands over the inference service's InferenceService: ``annotate`` (a
 progress bar over the AnnotateTask stream, or plain lines where stdout is not a
-terminal: ``preannotate.cli.display``) and ``predict`` (detections of local images).
+terminal: ``preannotate.cli.display``), ``predict`` (detections of local images)
+and ``review`` (GetReview: a task's frames ranked by doubt, with CVAT links).
 
-The ``preannotate`` command (``preannotate.cli.main``) wires ``annotate`` and
-``predict`` to ``add_arguments(name, parser)``, which declares the options and
+The ``preannotate`` command (``preannotate.cli.main``) wires ``annotate``,
+``predict`` and ``review`` to ``add_arguments(name, parser)``, which declares the options and
 hands back the handler. Exit codes: 0 done, 1 the run failed part-way, 2 the request was
 refused or the service could not be reached. Each command has an ``*_async``
 twin for callers that already run an event loop.
@@ -281,6 +282,125 @@ def predict(**options: Any) -> int:
     return asyncio.run(predict_async(**options))
 
 
+# --- review -----------------------------------------------------------------------
+
+#: The table's columns before the link: 63 characters, so that all but the link fit 80.
+REVIEW_HEADER = (
+    f"{'rank':>4}  {'frame':>7}  {'job':>7}  {'doubt':>5}  {'least sure of':<22}  {'issue':<5}"
+)
+
+
+def review_json(answer: inference_pb2.GetReviewResponse) -> dict[str, Any]:
+    """GetReview's answer as JSON: the run's facts, then the frames (boxes in pixels)."""
+    m = answer.model
+    return {
+        "task_id": answer.cvat.task_id,
+        "cvat_url": answer.cvat.url,
+        "cvat_job_id": answer.cvat.job_id,
+        "namespace": answer.namespace,
+        "model": f"{m.namespace}/{m.name}/{m.version}",
+        "job_id": answer.job_id,
+        "threshold": round(answer.threshold, 4),
+        "label_thresholds": {k: round(v, 4) for k, v in sorted(answer.label_thresholds.items())},
+        "band": round(answer.band, 4),
+        "issues_per_job": answer.issues_per_job,
+        "created_at": answer.created_at.ToDatetime().isoformat() + "Z",
+        "frames_ranked": answer.frames_ranked,
+        "frames_doubtful": answer.frames_doubtful,
+        "frames": [
+            {
+                "rank": f.rank,
+                "frame": f.frame,
+                "cvat_job_id": f.cvat_job_id,
+                "doubt": round(f.doubt, 4),
+                "shapes_written": f.shapes_written,
+                "worst": {
+                    "label": f.worst.label,
+                    "score": round(f.worst.score, 4),
+                    "box": [round(v, 1) for v in (f.worst.x1, f.worst.y1, f.worst.x2, f.worst.y2)],
+                    "written": f.worst.written,
+                }
+                if f.HasField("worst")
+                else None,
+                "issue_opened": f.issue_opened,
+                "link": f.link,
+            }
+            for f in answer.frames
+        ],
+    }
+
+
+def review_row(f: inference_pb2.ReviewedFrame) -> str:
+    """One table row: rank, frame, job, doubt, the least sure detection, issue, link."""
+    if f.HasField("worst"):
+        worst = f"{f.worst.label[:17]} {f.worst.score:.2f}"
+    else:
+        worst = "(nothing found)"
+    issue = "yes" if f.issue_opened else "-"
+    return (
+        f"{f.rank:>4}  {f.frame:>7}  {f.cvat_job_id:>7}  {f.doubt:>5.2f}  {worst:<22}  "
+        f"{issue:<5}  {f.link}"
+    )
+
+
+async def review_async(
+    *,
+    task: int,
+    cvat_url: str = "",
+    organization: str = "",
+    namespace: str = "",
+    limit: int = 20,
+    as_json: bool = False,
+    connection: Connection | None = None,
+    console: Console | None = None,
+) -> int:
+    """``preannotate review TASK``: the task's frames ranked by how unsure the model was
+    in its newest pre-annotation run, the most doubtful first, with a CVAT link each."""
+    conn = connection or Connection.from_env()
+    console = console or Console()
+    if limit < 0:
+        console.print(f"[red]error:[/red] --limit {limit}: give 0 (every frame) or more")
+        return REFUSED
+    request = inference_pb2.GetReviewRequest(
+        cvat=common_pb2.CvatRef(url=cvat_url, task_id=task, organization=organization),
+        namespace=namespace,
+        limit=limit,
+    )
+    async with conn.channel() as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        try:
+            answer = await stub.GetReview(request, metadata=conn.metadata())
+        except grpc.aio.AioRpcError as exc:
+            return _refused(console, exc, conn)
+    if as_json:
+        console.print_json(json.dumps(review_json(answer)))
+        return OK
+    plain = {"markup": False, "highlight": False, "soft_wrap": True}
+    m = answer.model
+    console.print(
+        f"CVAT task {answer.cvat.task_id} at {answer.cvat.url}: run {answer.job_id}, model "
+        f"{m.namespace}/{m.name}/{m.version}, threshold {answer.threshold:.2f}, "
+        f"{answer.created_at.ToDatetime():%Y-%m-%d %H:%M} UTC",
+        **plain,
+    )
+    shown = len(answer.frames)
+    console.print(
+        f"{answer.frames_doubtful} of {answer.frames_ranked} frames with some doubt"
+        + (f", the first {shown} shown (--limit 0: all)" if shown < answer.frames_doubtful else ""),
+        **plain,
+    )
+    if not answer.frames:
+        return OK
+    console.print(REVIEW_HEADER + "  link", **plain)
+    for f in answer.frames:
+        console.print(review_row(f), **plain)
+    return OK
+
+
+def review(**options: Any) -> int:
+    return asyncio.run(review_async(**options))
+
+
 # --- argparse wiring (for ``preannotate.cli.main``) --------------------------------------
 
 
@@ -288,6 +408,29 @@ def add_arguments(
     name: str, parser: argparse.ArgumentParser
 ) -> Callable[[argparse.Namespace], int]:
     """Declare the options of command ``name`` on ``parser``; returns its handler."""
+    if name == "review":
+        parser.add_argument("task", type=int, metavar="TASK", help="CVAT task id")
+        parser.add_argument(
+            "--cvat", default="", metavar="URL", help="CVAT's URL (default: the service's)"
+        )
+        parser.add_argument("--org", default="", help="CVAT organization slug")
+        parser.add_argument("--namespace", default="", help="namespace (the service's default)")
+        parser.add_argument(
+            "--limit",
+            type=int,
+            default=20,
+            metavar="N",
+            help="show the N most doubtful frames (default 20; 0: all)",
+        )
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        return lambda ns: review(
+            task=ns.task,
+            cvat_url=ns.cvat,
+            organization=ns.org,
+            namespace=ns.namespace,
+            limit=ns.limit,
+            as_json=ns.json,
+        )
     parser.add_argument("--model", required=True, help="model name, or <name>/<version>")
     parser.add_argument("--namespace", default="", help="namespace (the service's default)")
     parser.add_argument(
@@ -358,6 +501,7 @@ def add_arguments(
 COMMANDS = {
     "annotate": "pre-annotate a CVAT task with a model, with a progress bar",
     "predict": "print (or save) a model's detections on local images",
+    "review": "a CVAT task's frames ranked by how unsure the model was, with CVAT links",
 }
 
 

@@ -4,7 +4,7 @@
     preannotate up                  every service in one process (embedded mode)
     preannotate quickstart          the whole loop on a dataset it makes
     preannotate train / watch / cancel / jobs / models / model-types   (TrainingService)
-    preannotate annotate / predict                                   (InferenceService)
+    preannotate annotate / predict / review                          (InferenceService)
     preannotate weights list / pull / import     the pretrained weights in storage
 
 Commands are registered in ``COMMANDS`` below: each names the module whose
@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollback": ("preannotate.cli.training", "serve the version promoted before (admin)"),
     "annotate": ("preannotate.cli.inference", "pre-annotate a CVAT task with a model"),
     "predict": ("preannotate.cli.inference", "run a model on image files"),
+    "review": (
+        "preannotate.cli.inference",
+        "a task's frames ranked by how unsure the model was, with CVAT links",
+    ),
     "weights": ("preannotate.cli.weights", "list, pull or import the pretrained weights"),
     "dlq": ("preannotate.cli.dlq", "list dead-lettered records; replay them to their topic"),
 }

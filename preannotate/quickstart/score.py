@@ -11,9 +11,10 @@ from pathlib import Path
 
 
 def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
-    """COCO mAP, mAP@0.5 and the small objects' AP of the predictions file (COCO 1.0
-    with ``score``s). Small is COCO's: area under 32² pixels of the original image;
-    ``AP_small@0.5`` is -1 when the truth has no small object."""
+    """COCO mAP, mAP@0.5 and the AP of each object size of the predictions file (COCO
+    1.0 with ``score``s). Sizes are COCO's: small under 32² pixels of the original
+    image, medium under 96², large above; ``AP_<size>@0.5`` is -1 when the truth has
+    no object of that size."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -40,20 +41,25 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
                 "mAP@0.5": 0.0,
                 "AP_small": 0.0,
                 "AP_small@0.5": 0.0,
+                "AP_medium@0.5": 0.0,
+                "AP_large@0.5": 0.0,
                 "detections": 0,
             }
         evaluation = COCOeval(truth, truth.loadRes(detections), "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    # precision[iou, recall, class, area, max_dets]: IoU 0.5, area "small", 100 detections.
-    small = evaluation.eval["precision"][0, :, :, 1, -1]
-    small = small[small > -1]
+    # precision[iou, recall, class, area, max_dets]: IoU 0.5, an area, 100 detections.
+    at_half = {}
+    for index, area in ((1, "small"), (2, "medium"), (3, "large")):
+        values = evaluation.eval["precision"][0, :, :, index, -1]
+        values = values[values > -1]
+        at_half[f"AP_{area}@0.5"] = float(values.mean()) if values.size else -1.0
     return {
         "mAP": float(evaluation.stats[0]),
         "mAP@0.5": float(evaluation.stats[1]),
         "AP_small": float(evaluation.stats[3]),
-        "AP_small@0.5": float(small.mean()) if small.size else -1.0,
+        **at_half,
         "detections": len(detections),
     }
 

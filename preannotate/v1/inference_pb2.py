@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from preannotate.v1 import common_pb2 as preannotate_dot_v1_dot_common__pb2
 from preannotate.v1 import events_pb2 as preannotate_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epreannotate/v1/inference.proto\x12\x0epreannotate.v1\x1a\x1bpreannotate/v1/common.proto\x1a\x1bpreannotate/v1/events.proto\"g\n\x0ePredictRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\n\n\x02id\x18\x04 \x01(\t\"\xa0\x01\n\x0fPredictResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\x13\n\x0bimage_width\x18\x03 \x01(\x05\x12\x14\n\x0cimage_height\x18\x04 \x01(\x05\x12-\n\ndetections\x18\x05 \x03(\x0b\x32\x19.preannotate.v1.Detection\"\xe7\x02\n\x13\x41nnotateTaskRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12%\n\x04\x63vat\x18\x02 \x01(\x0b\x32\x17.preannotate.v1.CvatRef\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.preannotate.v1.AnnotateMode\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x0e\n\x06tracks\x18\x06 \x01(\x08\x12\x15\n\rreview_issues\x18\x07 \x01(\x05\x12R\n\x10label_thresholds\x18\x08 \x03(\x0b\x32\x38.preannotate.v1.AnnotateTaskRequest.LabelThresholdsEntry\x1a\x36\n\x14LabelThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xd9\x01\n\x14\x41nnotateTaskProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rames_total\x18\x02 \x01(\x03\x12\x13\n\x0b\x66rames_done\x18\x03 \x01(\x03\x12\x16\n\x0eshapes_written\x18\x04 \x01(\x03\x12\x16\n\x0e\x66rames_skipped\x18\x05 \x01(\x03\x12-\n\x07skipped\x18\x06 \x03(\x0b\x32\x1c.preannotate.v1.SkippedFrame\x12\x19\n\x11unmatched_classes\x18\x07 \x03(\t\x12\x0c\n\x04\x64one\x18\x08 \x01(\x08\x32\xe6\x02\n\x10InferenceService\x12J\n\x07Predict\x12\x1e.preannotate.v1.PredictRequest\x1a\x1f.preannotate.v1.PredictResponse\x12T\n\rStreamPredict\x12\x1e.preannotate.v1.PredictRequest\x1a\x1f.preannotate.v1.PredictResponse(\x01\x30\x01\x12[\n\x0c\x41nnotateTask\x12#.preannotate.v1.AnnotateTaskRequest\x1a$.preannotate.v1.AnnotateTaskProgress0\x01\x12S\n\nListModels\x12!.preannotate.v1.ListModelsRequest\x1a\".preannotate.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epreannotate/v1/inference.proto\x12\x0epreannotate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpreannotate/v1/common.proto\x1a\x1bpreannotate/v1/events.proto\"g\n\x0ePredictRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\n\n\x02id\x18\x04 \x01(\t\"\xa0\x01\n\x0fPredictResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\x13\n\x0bimage_width\x18\x03 \x01(\x05\x12\x14\n\x0cimage_height\x18\x04 \x01(\x05\x12-\n\ndetections\x18\x05 \x03(\x0b\x32\x19.preannotate.v1.Detection\"\xe7\x02\n\x13\x41nnotateTaskRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12%\n\x04\x63vat\x18\x02 \x01(\x0b\x32\x17.preannotate.v1.CvatRef\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.preannotate.v1.AnnotateMode\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x0e\n\x06tracks\x18\x06 \x01(\x08\x12\x15\n\rreview_issues\x18\x07 \x01(\x05\x12R\n\x10label_thresholds\x18\x08 \x03(\x0b\x32\x38.preannotate.v1.AnnotateTaskRequest.LabelThresholdsEntry\x1a\x36\n\x14LabelThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xd9\x01\n\x14\x41nnotateTaskProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rames_total\x18\x02 \x01(\x03\x12\x13\n\x0b\x66rames_done\x18\x03 \x01(\x03\x12\x16\n\x0eshapes_written\x18\x04 \x01(\x03\x12\x16\n\x0e\x66rames_skipped\x18\x05 \x01(\x03\x12-\n\x07skipped\x18\x06 \x03(\x0b\x32\x1c.preannotate.v1.SkippedFrame\x12\x19\n\x11unmatched_classes\x18\x07 \x03(\t\x12\x0c\n\x04\x64one\x18\x08 \x01(\x08\"[\n\x10GetReviewRequest\x12%\n\x04\x63vat\x18\x01 \x01(\x0b\x32\x17.preannotate.v1.CvatRef\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"r\n\x11\x44oubtfulDetection\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\x12\n\n\x02x2\x18\x05 \x01(\x02\x12\n\n\x02y2\x18\x06 \x01(\x02\x12\x0f\n\x07written\x18\x07 \x01(\x08\"\xbe\x01\n\rReviewedFrame\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\r\n\x05\x66rame\x18\x02 \x01(\x03\x12\x13\n\x0b\x63vat_job_id\x18\x03 \x01(\x03\x12\r\n\x05\x64oubt\x18\x04 \x01(\x01\x12\x16\n\x0eshapes_written\x18\x05 \x01(\x05\x12\x30\n\x05worst\x18\x06 \x01(\x0b\x32!.preannotate.v1.DoubtfulDetection\x12\x14\n\x0cissue_opened\x18\x07 \x01(\x08\x12\x0c\n\x04link\x18\x08 \x01(\t\"\xd8\x03\n\x11GetReviewResponse\x12%\n\x04\x63vat\x18\x01 \x01(\x0b\x32\x17.preannotate.v1.CvatRef\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\'\n\x05model\x18\x03 \x01(\x0b\x32\x18.preannotate.v1.ModelRef\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12P\n\x10label_thresholds\x18\x06 \x03(\x0b\x32\x36.preannotate.v1.GetReviewResponse.LabelThresholdsEntry\x12\x0c\n\x04\x62\x61nd\x18\x07 \x01(\x02\x12\x16\n\x0eissues_per_job\x18\x08 \x01(\x05\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rframes_ranked\x18\n \x01(\x03\x12\x17\n\x0f\x66rames_doubtful\x18\x0b \x01(\x03\x12-\n\x06\x66rames\x18\x0c \x03(\x0b\x32\x1d.preannotate.v1.ReviewedFrame\x1a\x36\n\x14LabelThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\xb8\x03\n\x10InferenceService\x12J\n\x07Predict\x12\x1e.preannotate.v1.PredictRequest\x1a\x1f.preannotate.v1.PredictResponse\x12T\n\rStreamPredict\x12\x1e.preannotate.v1.PredictRequest\x1a\x1f.preannotate.v1.PredictResponse(\x01\x30\x01\x12[\n\x0c\x41nnotateTask\x12#.preannotate.v1.AnnotateTaskRequest\x1a$.preannotate.v1.AnnotateTaskProgress0\x01\x12S\n\nListModels\x12!.preannotate.v1.ListModelsRequest\x1a\".preannotate.v1.ListModelsResponse\x12P\n\tGetReview\x12 .preannotate.v1.GetReviewRequest\x1a!.preannotate.v1.GetReviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +36,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._loaded_options = None
   _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._serialized_options = b'8\001'
-  _globals['_PREDICTREQUEST']._serialized_start=108
-  _globals['_PREDICTREQUEST']._serialized_end=211
-  _globals['_PREDICTRESPONSE']._serialized_start=214
-  _globals['_PREDICTRESPONSE']._serialized_end=374
-  _globals['_ANNOTATETASKREQUEST']._serialized_start=377
-  _globals['_ANNOTATETASKREQUEST']._serialized_end=736
-  _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._serialized_start=682
-  _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._serialized_end=736
-  _globals['_ANNOTATETASKPROGRESS']._serialized_start=739
-  _globals['_ANNOTATETASKPROGRESS']._serialized_end=956
-  _globals['_INFERENCESERVICE']._serialized_start=959
-  _globals['_INFERENCESERVICE']._serialized_end=1317
+  _globals['_GETREVIEWRESPONSE_LABELTHRESHOLDSENTRY']._loaded_options = None
+  _globals['_GETREVIEWRESPONSE_LABELTHRESHOLDSENTRY']._serialized_options = b'8\001'
+  _globals['_PREDICTREQUEST']._serialized_start=141
+  _globals['_PREDICTREQUEST']._serialized_end=244
+  _globals['_PREDICTRESPONSE']._serialized_start=247
+  _globals['_PREDICTRESPONSE']._serialized_end=407
+  _globals['_ANNOTATETASKREQUEST']._serialized_start=410
+  _globals['_ANNOTATETASKREQUEST']._serialized_end=769
+  _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._serialized_start=715
+  _globals['_ANNOTATETASKREQUEST_LABELTHRESHOLDSENTRY']._serialized_end=769
+  _globals['_ANNOTATETASKPROGRESS']._serialized_start=772
+  _globals['_ANNOTATETASKPROGRESS']._serialized_end=989
+  _globals['_GETREVIEWREQUEST']._serialized_start=991
+  _globals['_GETREVIEWREQUEST']._serialized_end=1082
+  _globals['_DOUBTFULDETECTION']._serialized_start=1084
+  _globals['_DOUBTFULDETECTION']._serialized_end=1198
+  _globals['_REVIEWEDFRAME']._serialized_start=1201
+  _globals['_REVIEWEDFRAME']._serialized_end=1391
+  _globals['_GETREVIEWRESPONSE']._serialized_start=1394
+  _globals['_GETREVIEWRESPONSE']._serialized_end=1866
+  _globals['_GETREVIEWRESPONSE_LABELTHRESHOLDSENTRY']._serialized_start=715
+  _globals['_GETREVIEWRESPONSE_LABELTHRESHOLDSENTRY']._serialized_end=769
+  _globals['_INFERENCESERVICE']._serialized_start=1869
+  _globals['_INFERENCESERVICE']._serialized_end=2309
 # @@protoc_insertion_point(module_scope)

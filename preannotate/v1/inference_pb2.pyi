@@ -6,6 +6,7 @@ InferenceService: predictions from ready models, and CVAT pre-annotation."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from preannotate.v1 import common_pb2 as _common_pb2
 from preannotate.v1 import events_pb2 as _events_pb2
@@ -203,3 +204,215 @@ class AnnotateTaskProgress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnnotateTaskProgress: _TypeAlias = AnnotateTaskProgress  # noqa: Y015
+
+@_typing.final
+class GetReviewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CVAT_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Empty: the service's default namespace (the run's model namespace)."""
+    limit: _builtins.int
+    """Most frames answered, the most doubtful first; 0: all."""
+    @_builtins.property
+    def cvat(self) -> _common_pb2.CvatRef:
+        """The task: task_id; url empty or the deployment's CVAT; organization as for
+        AnnotateTask (a token limited to CVAT projects or organisations is checked).
+        """
+
+    def __init__(
+        self,
+        *,
+        cvat: _common_pb2.CvatRef | None = ...,
+        namespace: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "limit", b"limit", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReviewRequest: _TypeAlias = GetReviewRequest  # noqa: Y015
+
+@_typing.final
+class DoubtfulDetection(_message.Message):
+    """The detection a frame's doubt comes most from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    X1_FIELD_NUMBER: _builtins.int
+    Y1_FIELD_NUMBER: _builtins.int
+    X2_FIELD_NUMBER: _builtins.int
+    Y2_FIELD_NUMBER: _builtins.int
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    score: _builtins.float
+    x1: _builtins.float
+    """The box in pixels of the frame: left, top, right, bottom."""
+    y1: _builtins.float
+    x2: _builtins.float
+    y2: _builtins.float
+    written: _builtins.bool
+    """Whether it was written (its score at or above its label's threshold)."""
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        score: _builtins.float = ...,
+        x1: _builtins.float = ...,
+        y1: _builtins.float = ...,
+        x2: _builtins.float = ...,
+        y2: _builtins.float = ...,
+        written: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "score", b"score", "written", b"written", "x1", b"x1", "x2", b"x2", "y1", b"y1", "y2", b"y2"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DoubtfulDetection: _TypeAlias = DoubtfulDetection  # noqa: Y015
+
+@_typing.final
+class ReviewedFrame(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANK_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
+    CVAT_JOB_ID_FIELD_NUMBER: _builtins.int
+    DOUBT_FIELD_NUMBER: _builtins.int
+    SHAPES_WRITTEN_FIELD_NUMBER: _builtins.int
+    WORST_FIELD_NUMBER: _builtins.int
+    ISSUE_OPENED_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
+    rank: _builtins.int
+    """1 for the most doubtful frame."""
+    frame: _builtins.int
+    """The task's frame number."""
+    cvat_job_id: _builtins.int
+    """The CVAT job that holds the frame."""
+    doubt: _builtins.float
+    """Sum over the detections within the band around the threshold of how close
+    they came (1 at the threshold), plus 0.5 when nothing was written.
+    """
+    shapes_written: _builtins.int
+    """Detections written on the frame (at or above the threshold)."""
+    issue_opened: _builtins.bool
+    """Whether the run opened a CVAT issue on the frame (review_issues)."""
+    link: _builtins.str
+    """The frame in CVAT's web UI: <cvat>/tasks/<task>/jobs/<job>?frame=<frame>."""
+    @_builtins.property
+    def worst(self) -> Global___DoubtfulDetection:
+        """Unset when nothing came close (an empty frame)."""
+
+    def __init__(
+        self,
+        *,
+        rank: _builtins.int = ...,
+        frame: _builtins.int = ...,
+        cvat_job_id: _builtins.int = ...,
+        doubt: _builtins.float = ...,
+        shapes_written: _builtins.int = ...,
+        worst: Global___DoubtfulDetection | None = ...,
+        issue_opened: _builtins.bool = ...,
+        link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["worst", b"worst"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvat_job_id", b"cvat_job_id", "doubt", b"doubt", "frame", b"frame", "issue_opened", b"issue_opened", "link", b"link", "rank", b"rank", "shapes_written", b"shapes_written", "worst", b"worst"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewedFrame: _TypeAlias = ReviewedFrame  # noqa: Y015
+
+@_typing.final
+class GetReviewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelThresholdsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CVAT_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    LABEL_THRESHOLDS_FIELD_NUMBER: _builtins.int
+    BAND_FIELD_NUMBER: _builtins.int
+    ISSUES_PER_JOB_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    FRAMES_RANKED_FIELD_NUMBER: _builtins.int
+    FRAMES_DOUBTFUL_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    job_id: _builtins.str
+    """The run's job id."""
+    threshold: _builtins.float
+    band: _builtins.float
+    """Half-width of the score band around the threshold that counts as doubt."""
+    issues_per_job: _builtins.int
+    frames_ranked: _builtins.int
+    """Frames the run predicted; those with no doubt are not listed."""
+    frames_doubtful: _builtins.int
+    """Frames with some doubt, before `limit`."""
+    @_builtins.property
+    def cvat(self) -> _common_pb2.CvatRef:
+        """The task and the CVAT server the ranking is of (url: the deployment's CVAT;
+        job_id: the job the run was limited to, 0 for the whole task).
+        """
+
+    @_builtins.property
+    def model(self) -> _common_pb2.ModelRef: ...
+    @_builtins.property
+    def label_thresholds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the run ended."""
+
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewedFrame]: ...
+    def __init__(
+        self,
+        *,
+        cvat: _common_pb2.CvatRef | None = ...,
+        namespace: _builtins.str = ...,
+        model: _common_pb2.ModelRef | None = ...,
+        job_id: _builtins.str = ...,
+        threshold: _builtins.float = ...,
+        label_thresholds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        band: _builtins.float = ...,
+        issues_per_job: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        frames_ranked: _builtins.int = ...,
+        frames_doubtful: _builtins.int = ...,
+        frames: _abc.Iterable[Global___ReviewedFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cvat", b"cvat", "model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "created_at", b"created_at", "cvat", b"cvat", "frames", b"frames", "frames_doubtful", b"frames_doubtful", "frames_ranked", b"frames_ranked", "issues_per_job", b"issues_per_job", "job_id", b"job_id", "label_thresholds", b"label_thresholds", "model", b"model", "namespace", b"namespace", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReviewResponse: _TypeAlias = GetReviewResponse  # noqa: Y015

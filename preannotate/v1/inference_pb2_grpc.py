@@ -55,6 +55,11 @@ class InferenceServiceStub:
                 request_serializer=preannotate_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=preannotate_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetReview = channel.unary_unary(
+                '/preannotate.v1.InferenceService/GetReview',
+                request_serializer=preannotate_dot_v1_dot_inference__pb2.GetReviewRequest.SerializeToString,
+                response_deserializer=preannotate_dot_v1_dot_inference__pb2.GetReviewResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -86,6 +91,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReview(self, request, context):
+        """The frames of a CVAT task ranked by how unsure the model was, as the task's
+        newest pre-annotation run kept them; NOT_FOUND before any run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=preannotate_dot_v1_dot_common__pb2.ListModelsRequest.FromString,
                     response_serializer=preannotate_dot_v1_dot_common__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReview,
+                    request_deserializer=preannotate_dot_v1_dot_inference__pb2.GetReviewRequest.FromString,
+                    response_serializer=preannotate_dot_v1_dot_inference__pb2.GetReviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class InferenceService:
             '/preannotate.v1.InferenceService/ListModels',
             preannotate_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
             preannotate_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preannotate.v1.InferenceService/GetReview',
+            preannotate_dot_v1_dot_inference__pb2.GetReviewRequest.SerializeToString,
+            preannotate_dot_v1_dot_inference__pb2.GetReviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,10 @@ class InferenceServiceStub:
     AnnotateTask: _grpc.UnaryStreamMultiCallable[_inference_pb2.AnnotateTaskRequest, _inference_pb2.AnnotateTaskProgress]
     """Pre-annotates a CVAT task or job, streaming progress."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_common_pb2.ListModelsRequest, _common_pb2.ListModelsResponse]
+    GetReview: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetReviewRequest, _inference_pb2.GetReviewResponse]
+    """The frames of a CVAT task ranked by how unsure the model was, as the task's
+    newest pre-annotation run kept them; NOT_FOUND before any run.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -48,6 +52,10 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     AnnotateTask: _aio.UnaryStreamMultiCallable[_inference_pb2.AnnotateTaskRequest, _inference_pb2.AnnotateTaskProgress]  # type: ignore[assignment]
     """Pre-annotates a CVAT task or job, streaming progress."""
     ListModels: _aio.UnaryUnaryMultiCallable[_common_pb2.ListModelsRequest, _common_pb2.ListModelsResponse]  # type: ignore[assignment]
+    GetReview: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetReviewRequest, _inference_pb2.GetReviewResponse]  # type: ignore[assignment]
+    """The frames of a CVAT task ranked by how unsure the model was, as the task's
+    newest pre-annotation run kept them; NOT_FOUND before any run.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -79,5 +87,15 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.ListModelsResponse, _abc.Awaitable[_common_pb2.ListModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetReview(
+        self,
+        request: _inference_pb2.GetReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetReviewResponse, _abc.Awaitable[_inference_pb2.GetReviewResponse]]:
+        """The frames of a CVAT task ranked by how unsure the model was, as the task's
+        newest pre-annotation run kept them; NOT_FOUND before any run.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -79,9 +79,17 @@ class SplitStats:
     images_per_class: dict[str, int] = field(default_factory=dict)
     #: [{"name", "records", "bytes"}], in order.
     shards: list[dict[str, int | str]] = field(default_factory=list)
+    #: Each image's longer side in pixels (the manifest keeps min, median, max).
+    long_sides: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
+        sides = sorted(self.long_sides)
         return {
+            "long_side": (
+                {"min": sides[0], "median": sides[len(sides) // 2], "max": sides[-1]}
+                if sides
+                else {}
+            ),
             "images": self.images,
             "negatives": self.negatives,
             "boxes": self.boxes,
@@ -381,6 +389,7 @@ def convert_export(
             writers[split].write(example.SerializeToString())
             rows.append((source_id, item.image.file_name, split))
             _count(stats[split], objects, classes)
+            stats[split].long_sides.append(max(item.image.width, item.image.height))
             if progress is not None:
                 progress(done, len(prepared))
         for name in (TRAIN, VAL):

@@ -15,8 +15,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from preannotate import events, keys, topics
+from preannotate.cvat.refs import check_same_server, is_file_ref
 from preannotate.errors import (
     Cancelled,
     Interrupted,
@@ -28,7 +30,7 @@ from preannotate.service import Resources
 from preannotate.status import snapshot
 from preannotate.telemetry.logging import get_logger
 from preannotate.v1 import common_pb2, events_pb2
-from services.inference import images, metrics, thresholds
+from services.inference import images, metrics, reviewstore, thresholds
 from services.inference.annotate import Annotator, Progress
 from services.inference.backends import Backend, make_backend
 from services.inference.postprocess import Detected
@@ -37,7 +39,7 @@ from services.inference.registry import ModelEntry, ModelRegistry, entry_from_ev
 from services.inference.runledger import RunLedger, run_key
 from services.inference.settings import InferenceSettings
 from services.inference.targets import open_target
-from services.inference.targets.reviewed import ReviewedTarget, reviewed
+from services.inference.targets.reviewed import OnRanked, RankedFrame, ReviewedTarget, reviewed
 from services.inference.targets.tracked import tracked
 
 SERVICE = "inference"
@@ -211,7 +213,12 @@ class InferenceApp:
             threshold=threshold,
             label_thresholds=bool(cuts.labels),
         )
-        target = reviewed(target, issues_per_job=job.review_issues, threshold=cuts.of)
+        target = reviewed(
+            target,
+            issues_per_job=job.review_issues,
+            threshold=cuts.of,
+            on_ranked=self._keep_ranking(job, model, cuts),
+        )
         ledger = self._ledger(job, target.describe, model, cuts.key())
         outcome = "failed"
         try:
@@ -265,6 +272,65 @@ class InferenceApp:
             return None
         key = run_key(target, job.cvat.url, job.cvat.organization, model.label, job.mode, threshold)
         return RunLedger(self.resources.storage, job.namespace, job.job_id, key)
+
+    def _keep_ranking(
+        self, job: AnnotationJob, model: ModelEntry, cuts: thresholds.Thresholds
+    ) -> OnRanked | None:
+        """What keeps a CVAT run's ranking of frames in storage (``reviewstore``), for
+        ``review`` to read back; None without storage (embedded tests) or for a folder."""
+        resources = self.resources
+        if resources is None or is_file_ref(job.cvat.url):
+            return None
+
+        async def keep(ranked: list[RankedFrame], frames_ranked: int) -> None:
+            ref = model.ref
+            data = reviewstore.record(
+                task_id=int(job.cvat.task_id),
+                cvat_url=self.settings.cvat_url,
+                cvat_job_id=int(job.cvat.job_id),
+                namespace=job.namespace,
+                model={"namespace": ref.namespace, "name": ref.name, "version": ref.version},
+                job_id=job.job_id,
+                threshold=cuts.default,
+                label_thresholds=cuts.labels,
+                cut=cuts.of,
+                issues_per_job=job.review_issues,
+                frames_ranked=frames_ranked,
+                ranked=ranked,
+            )
+            try:
+                await asyncio.to_thread(reviewstore.save, resources.storage, data)
+            except PreannotateError as exc:  # the shapes are in CVAT: the run stands
+                self.log.warning(
+                    "the run's ranking of frames was not kept",
+                    job_id=job.job_id,
+                    task_id=job.cvat.task_id,
+                    error=str(exc),
+                )
+
+        return keep
+
+    async def review(self, namespace: str, ref: common_pb2.CvatRef) -> dict[str, Any]:
+        """The ranking the newest run of the CVAT task ``ref`` kept (``reviewstore``);
+        ``NotFound`` before any run."""
+        if self.resources is None:
+            raise Unavailable("the inference service is starting; try again in a moment")
+        namespace = keys.check_name(namespace or self.settings.namespace, "namespace")
+        if is_file_ref(ref.url):
+            raise InvalidArgument(
+                f"{ref.url!r}: rankings are kept for CVAT tasks only; name a CVAT task "
+                "(cvat.task_id)"
+            )
+        if ref.task_id <= 0:
+            raise InvalidArgument("no CVAT task named: set cvat.task_id")
+        check_same_server(ref.url, self.settings.cvat_url)
+        return await asyncio.to_thread(
+            reviewstore.load,
+            self.resources.storage,
+            namespace,
+            self.settings.cvat_url,
+            int(ref.task_id),
+        )
 
     async def annotate_now(
         self, job: AnnotationJob, on_progress: ProgressCallback | None = None

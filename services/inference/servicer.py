@@ -4,9 +4,11 @@ Each method parses the request, checks that the caller may use the namespace
 (``preannotate.auth.caller()``; open without a tokens file), calls the core,
 and maps the result. AnnotateTask's caller-chosen ``job_id`` is refused when
 another namespace's job (or a training job) holds it (``StatusView.claim``),
-and the caller's name is recorded as the job's ``requested_by``. Errors are ``preannotate.errors`` exceptions;
-``preannotate.grpc_errors.ErrorInterceptor`` (mounted by ``service.build``)
-turns them into status codes in one place.
+and the caller's name is recorded as the job's ``requested_by``. GetReview
+reads the ranking the task's newest run kept (``reviewstore``), after the same
+namespace and CVAT-scope checks as AnnotateTask. Errors are
+``preannotate.errors`` exceptions; ``preannotate.grpc_errors.ErrorInterceptor``
+(mounted by ``service.build``) turns them into status codes in one place.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
 
 from preannotate.auth import caller
+from preannotate.cvat.refs import is_file_ref
 from preannotate.cvat.scope import check_task
 from preannotate.errors import InvalidArgument, PreannotateError
 from preannotate.status import claim_job_id
 from preannotate.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
+from services.inference import reviewstore
 from services.inference.annotate import Progress
 from services.inference.app import AnnotationJob, InferenceApp, check_job_id
 from services.inference.limits import RequestLimit
@@ -41,6 +47,57 @@ def predict_response(
         image_height=height,
         detections=[to_proto(d) for d in found],
     )
+
+
+def review_response(data: dict[str, Any], limit: int = 0) -> inference_pb2.GetReviewResponse:
+    """A kept ranking (``reviewstore``) as GetReview's answer: the first ``limit``
+    frames (0: all), each with its link into CVAT's web UI."""
+    if limit < 0:
+        raise InvalidArgument(f"limit must be 0 (all) or more, got {limit}")
+    frames = data["frames"]
+    task_id = int(data["task_id"])
+    answer = inference_pb2.GetReviewResponse(
+        cvat=common_pb2.CvatRef(
+            url=data["cvat_url"], task_id=task_id, job_id=int(data.get("cvat_job_id", 0))
+        ),
+        namespace=data["namespace"],
+        model=common_pb2.ModelRef(**data["model"]),
+        job_id=data["job_id"],
+        threshold=data["threshold"],
+        label_thresholds=data["label_thresholds"],
+        band=data["band"],
+        issues_per_job=data["issues_per_job"],
+        frames_ranked=data["frames_ranked"],
+        frames_doubtful=len(frames),
+    )
+    answer.created_at.FromDatetime(
+        datetime.fromisoformat(data["created_at"].replace("Z", "+00:00"))
+    )
+    for rank, item in enumerate(frames[: limit or None], start=1):
+        out = answer.frames.add(
+            rank=rank,
+            frame=item["frame"],
+            cvat_job_id=item["job"],
+            doubt=item["doubt"],
+            shapes_written=item["written"],
+            issue_opened=item["issue_opened"],
+            link=reviewstore.frame_link(data["cvat_url"], task_id, item["job"], item["frame"]),
+        )
+        worst = item["worst"]
+        if worst is not None:
+            x1, y1, x2, y2 = worst["box"]
+            out.worst.CopyFrom(
+                inference_pb2.DoubtfulDetection(
+                    label=worst["label"],
+                    score=worst["score"],
+                    x1=x1,
+                    y1=y1,
+                    x2=x2,
+                    y2=y2,
+                    written=worst["written"],
+                )
+            )
+    return answer
 
 
 def progress_message(job_id: str, p: Progress) -> inference_pb2.AnnotateTaskProgress:
@@ -194,3 +251,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if visible is not None:
             models = [m for m in models if m.namespace in visible]
         return common_pb2.ListModelsResponse(models=[m.to_proto() for m in models])
+
+    async def GetReview(self, request, context):
+        namespace = request.namespace or self.app.settings.namespace
+        caller().check(namespace)
+        if request.limit < 0:
+            raise InvalidArgument(f"limit must be 0 (all) or more, got {request.limit}")
+        if request.cvat.task_id <= 0 and not is_file_ref(request.cvat.url):
+            raise InvalidArgument("no CVAT task named: set cvat.task_id")
+        check_target_ref(self.app.settings, request.cvat)
+        await check_task(caller(), request.cvat, self.app.settings)
+        data = await self.app.review(namespace, request.cvat)
+        return review_response(data, request.limit)

@@ -210,7 +210,13 @@ def _train(
     data, run = prepared.data, prepared.run
     request, entry = run.request, run.request.entry
     details["evaluation_set"] = prepared.record.get("set") or "none"
-    plan = arguments_lib.resolve(request.arguments, entry, request.train_images)
+    frames = data.manifest.get("splits", {}).get("train", {}).get("long_side") or {}
+    plan = arguments_lib.resolve(
+        request.arguments,
+        entry,
+        request.train_images,
+        median_long_side=int(frames.get("median") or 0),
+    )
     details.update(plan.details())
 
     # Resume from storage's newest checkpoint, else decide how the model starts.
@@ -264,11 +270,16 @@ def _train(
     storage.put(prefix + "classes.csv", classes_csv(request.classes).encode())
 
     from services.trainer import training
+    from services.trainer.configs import common as configs_common
 
     strategy = training.make_strategy(plan.num_clones)
     details["devices"] = ",".join(strategy.extended.worker_devices)
     session = training.Session(
-        params, strategy, folder.checkpoints, keep_checkpoints=settings.trainer_keep_checkpoints
+        params,
+        strategy,
+        folder.checkpoints,
+        keep_checkpoints=settings.trainer_keep_checkpoints,
+        train_params=configs_common.training_view(params, plan) if plan.crop_size else None,
     )
     resumed_from = session.restore_latest()
     if resumed_from is None:

@@ -117,17 +117,34 @@ def load_keras_h5(backbone, path: str, what: str) -> None:
 class Session:
     """One model being trained: task, model, optimizer, checkpoints."""
 
-    def __init__(self, params, strategy, model_dir: Path, *, keep_checkpoints: int = 3) -> None:
+    def __init__(
+        self,
+        params,
+        strategy,
+        model_dir: Path,
+        *,
+        keep_checkpoints: int = 3,
+        train_params=None,
+    ) -> None:
+        """``params`` is the experiment evaluated and exported; ``train_params``, when
+        given, the one the training steps run (``configs.common.training_view``: crops of
+        another input size). The model then takes any input size."""
         from official.core import task_factory
 
         register()
         self.params = params
+        self.train_params = train_params if train_params is not None else params
         self.strategy = strategy
         self.model_dir = Path(model_dir)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         with strategy.scope():
             self.task = task_factory.get_task(params.task, logging_dir=str(self.model_dir))
-            self.model = self.task.build_model()
+            self.train_task = (
+                self.task
+                if train_params is None
+                else task_factory.get_task(train_params.task, logging_dir=str(self.model_dir))
+            )
+            self.model = self._build_model()
             self.optimizer = self.task.create_optimizer(
                 params.trainer.optimizer_config, params.runtime
             )
@@ -139,6 +156,18 @@ class Session:
         )
         self._init_status = None
         self._init_spec: InitSpec | None = None
+
+    def _build_model(self):
+        """The task's model; of any input size when training runs on crops of another size."""
+        if self.train_params is self.params:
+            return self.task.build_model()
+        from official.core import task_factory
+
+        from preannotate.vision import experiment
+
+        free = experiment.load(experiment.dump(self.params))
+        free.task.model.input_size = [None, None, 3]
+        return task_factory.get_task(free.task).build_model()
 
     @property
     def step(self) -> int:
@@ -219,7 +248,12 @@ class Session:
     # --- the loop ----------------------------------------------------------------
 
     def _make_step(self) -> Callable:
-        task, model, optimizer, strategy = self.task, self.model, self.optimizer, self.strategy
+        task, model, optimizer, strategy = (
+            self.train_task,
+            self.model,
+            self.optimizer,
+            self.strategy,
+        )
 
         @tf.function
         def train_step(iterator):
@@ -260,7 +294,7 @@ class Session:
         total = plan.steps
         step = self.step
         dataset = self.strategy.distribute_datasets_from_function(
-            lambda context: self.task.build_inputs(self.params.task.train_data, context)
+            lambda context: self.train_task.build_inputs(self.train_params.task.train_data, context)
         )
         iterator = iter(dataset)
         writer = tf.summary.create_file_writer(str(summary_dir))

@@ -18,7 +18,7 @@ from pycocotools import mask as coco_mask
 from preannotate.classes import classes_csv
 from preannotate.errors import InvalidArgument
 from services.exporter.coco import read_export
-from services.exporter.convert import ConvertOptions, convert_export
+from services.exporter.convert import ConvertOptions, SplitStats, convert_export
 from services.exporter.masks import polygons_to_mask
 from services.exporter.tfrecord import read_records
 from services.exporter.unpack import UnpackLimits, safe_unpack
@@ -217,6 +217,8 @@ def test_counts_splits_and_files(mixed):
                 int((d["groundtruth_classes"] == label).sum()) for d in items
             )
         assert sum(s["records"] for s in stats.shards) == stats.images
+        side = max(H, W)
+        assert stats.as_dict()["long_side"] == {"min": side, "median": side, "max": side}
     assert result.splits["val"].images >= 1
     assert any(len(d["groundtruth_classes"]) for d in decoded.values() if d["split"] == "val")
     assert result.splits["train"].negatives + result.splits["val"].negatives == 2
@@ -347,3 +349,10 @@ def _jpeg(w: int, h: int) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (w, h)).save(out, format="JPEG")
     return out.getvalue()
+
+
+def test_the_manifest_keeps_the_frames_longer_sides():
+    """input_size=auto reads the median; min and max tell people the spread."""
+    stats = SplitStats(long_sides=[640, 320, 1024, 480, 576])
+    assert stats.as_dict()["long_side"] == {"min": 320, "median": 576, "max": 1024}
+    assert SplitStats().as_dict()["long_side"] == {}

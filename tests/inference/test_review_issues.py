@@ -89,8 +89,8 @@ def frames() -> list[tuple[str, bytes]]:
     return out
 
 
-@pytest.fixture
-async def service(tmp_path: Path, monkeypatch) -> AsyncIterator[tuple]:
+def scripted_model(tmp_path: Path, monkeypatch) -> tuple[LocalStorage, ScriptedBackend]:
+    """Storage with a published stand-in model, and the backend that answers for it."""
     source = tmp_path / "savedmodel"
     source.mkdir()
     (source / "saved_model.pb").write_bytes(b"stand-in")
@@ -98,6 +98,12 @@ async def service(tmp_path: Path, monkeypatch) -> AsyncIterator[tuple]:
     publish_model(storage, source)
     backend = ScriptedBackend()
     monkeypatch.setattr(inference_app, "make_backend", lambda *a, **k: backend)
+    return storage, backend
+
+
+@pytest.fixture
+async def service(tmp_path: Path, monkeypatch) -> AsyncIterator[tuple]:
+    storage, _ = scripted_model(tmp_path, monkeypatch)
     async with CvatStandIn(tokens={CVAT_TOKEN}) as cvat:
         settings = make_settings(tmp_path, cvat_url=cvat.url, metrics_port=0, kafka_partitions=1)
         runtime = Runtime([(build_inference(settings), settings)], bus=MemoryBus(), storage=storage)

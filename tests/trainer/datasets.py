@@ -151,7 +151,10 @@ def write_dataset(
                 "classes": list(classes),
                 "num_classes": len(classes) + 1,
                 "has_masks": masks,
-                "splits": {name: {"images": n} for name, n in splits.items()},
+                "splits": {
+                    name: {"images": n, "long_side": {"min": size, "median": size, "max": size}}
+                    for name, n in splits.items()
+                },
                 "input_patterns": {name: f"{name}-*.tfrecord" for name in splits},
             }
         )

@@ -204,3 +204,70 @@ def test_base_model_must_be_of_the_same_namespace():
     assert ref == arguments.BaseModelRef("team", "birds", 0)
     with pytest.raises(InvalidArgument):
         arguments.parse_base_model("Bad Name", "team")
+
+
+# --- input_size=auto and crop_size ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("median", "size"),
+    [(720, 768), (700, 640), (639, 640), (330, 384), (120, 128), (1900, 1024), (1024, 1024)],
+)
+def test_input_size_auto_is_the_frames_median_longer_side_to_a_multiple(median, size):
+    plan = resolve(parse("input_size=auto", SSD, machine_gpus=0), SSD, 100, median_long_side=median)
+    assert plan.input_size == size
+    assert plan.input_size_source == f"auto from the frames' median longer side {median} px"
+    assert plan.details()["input_size"] == str(size)
+
+
+def test_input_size_auto_without_frame_sizes_says_to_export_again():
+    args = parse("input_size=auto", SSD, machine_gpus=0)
+    with pytest.raises(InvalidArgument, match="export the task again, or give input_size"):
+        resolve(args, SSD, 100)
+
+
+def test_input_size_given_or_default_says_so():
+    assert resolve(parse("input_size=384", SSD, machine_gpus=0), SSD, 10).input_size_source == (
+        "user"
+    )
+    plan = resolve(parse("", SSD, machine_gpus=0), SSD, 10, median_long_side=900)
+    assert (plan.input_size, plan.input_size_source) == (256, "default")
+
+
+def test_crop_size_is_kept_in_the_plan_and_its_details():
+    plan = resolve(parse("input_size=768;crop_size=256", SSD, machine_gpus=0), SSD, 10)
+    assert (plan.input_size, plan.crop_size) == (768, 256)
+    assert plan.details()["crop_size"] == "256"
+    assert "crop_size" not in resolve(parse("", SSD, machine_gpus=0), SSD, 10).details()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            "input_size=768;crop_size=200",
+            ["crop_size=200 is not a multiple of 128", "use e.g. 128"],
+        ),
+        ("input_size=256;crop_size=256", ["crop_size=256 must be below input_size=256"]),
+        ("crop_size=384", ["crop_size=384 must be below input_size=256"]),
+        ("input_size=auto;crop_size=100", ["crop_size=100 is out of range"]),
+    ],
+)
+def test_bad_crop_sizes_are_refused_with_what_to_use(text, words):
+    with pytest.raises(InvalidArgument) as caught:
+        parse(text, SSD, machine_gpus=0)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_crop_size_is_for_the_single_stage_model_only():
+    with pytest.raises(InvalidArgument, match="unknown argument 'crop_size'"):
+        parse("crop_size=256", FRCNN, machine_gpus=1)
+
+
+def test_auto_input_size_not_above_the_crop_trains_whole_frames():
+    args = parse("input_size=auto;crop_size=256", SSD, machine_gpus=0)
+    plan = resolve(args, SSD, 10, median_long_side=250)
+    assert (plan.input_size, plan.crop_size) == (256, 0)
+    assert "crop_size=256 not below it, so whole frames" in plan.input_size_source
+    assert resolve(args, SSD, 10, median_long_side=700).crop_size == 256

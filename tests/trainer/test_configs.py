@@ -13,7 +13,7 @@ import pytest
 from preannotate import catalog
 from preannotate.arguments import parse, resolve
 from preannotate.vision import experiment
-from services.trainer.configs import ExperimentInputs, build_experiment
+from services.trainer.configs import ExperimentInputs, build_experiment, common
 
 # A value other than the default for every key, per family of keys.
 NON_DEFAULT = {
@@ -72,8 +72,9 @@ def _value(entry, key: str) -> str:
     return NON_DEFAULT[key]
 
 
-# Keys that change how the model starts, not its experiment (tests/trainer/test_initialisation.py).
-NOT_IN_EXPERIMENT = {"pretrained"}
+# Keys that change how the model starts, not its experiment (tests/trainer/test_initialisation.py),
+# and crop_size, which changes the experiment the training steps run (its own test below).
+NOT_IN_EXPERIMENT = {"pretrained", "crop_size"}
 
 
 def _cases():
@@ -166,3 +167,20 @@ def test_experiment_yaml_rebuilds_the_same_experiment(name):
         "nasnet_large": "nasnet",
     }[entry.backbone]
     assert backbone.type == expected
+
+
+def test_crops_train_at_the_crop_size_with_frames_scaled_as_at_input_size():
+    entry = catalog.get("ssd-mobilenet-v2-coco")
+    plan = resolve(parse("input_size=768;crop_size=256", entry, machine_gpus=0), entry, 40)
+    params = build_experiment(entry, plan, _inputs(plan, entry))
+    view = common.training_view(params, plan)
+    assert params.task.model.input_size == [768, 768, 3]  # evaluated and exported at 768
+    assert view.task.model.input_size == [256, 256, 3]
+    parser, whole = view.task.train_data.parser, params.task.train_data.parser
+    # From the whole frame in one crop (1) to the input size's scale with its jitter.
+    assert (parser.aug_scale_min, parser.aug_scale_max) == pytest.approx(
+        (1.0, 3 * whole.aug_scale_max)
+    )
+    assert view.task.validation_data == params.task.validation_data
+    plain = resolve(parse("input_size=768", entry, machine_gpus=0), entry, 40)
+    assert common.training_view(params, plain) is params

@@ -16,11 +16,13 @@ from pydantic import ValidationError
 from preannotate import layout, topics
 from preannotate.classes import classes_csv
 from preannotate.keys import model_prefix
-from preannotate.storage import read_manifest
+from preannotate.storage import LocalStorage, read_manifest
 from preannotate.v1 import events_pb2
 from services.trainer.handlers import handle_dataset_exported
 from services.trainer.settings import TrainerSettings
 from tests.fakes import FakeContext
+from tests.trainer.conftest import cpu_settings
+from tests.trainer.datasets import write_dataset
 
 #: Trains or builds real TensorFlow models: left out of `make test-fast`.
 pytestmark = pytest.mark.tf
@@ -94,9 +96,6 @@ def test_status_says_what_was_used(ssd_run):
 
 def test_the_checkpoint_restores_into_the_model_experiment_yaml_describes(ssd_run):
     """What the converter does: rebuild from experiment.yaml, restore the checkpoint."""
-    import tensorflow as tf
-    from official.core import task_factory
-
     from preannotate.vision import experiment
 
     storage, prefix, tmp = (
@@ -105,13 +104,7 @@ def test_the_checkpoint_restores_into_the_model_experiment_yaml_describes(ssd_ru
         ssd_run["settings"].trainer_work_dir,
     )
     params = experiment.load(storage.get(prefix + "experiment.yaml").decode())
-    folder = tmp / "restore"
-    for key in storage.list(prefix + "checkpoints/ckpt-6/"):
-        storage.download_file(key, folder / key.rsplit("/", 1)[1])
-    model = task_factory.get_task(params.task).build_model()
-    model(tf.zeros([1, 128, 128, 3]), training=True)
-    status = tf.train.Checkpoint(model=model).read(str(folder / "ckpt-6"))
-    status.expect_partial().assert_existing_objects_matched()
+    _restore(storage, prefix, params, 6, tmp / "restore")
 
 
 def test_a_redelivered_finished_job_only_re_emits(ssd_run):
@@ -140,3 +133,45 @@ def test_settings_are_frozen(ssd_run):
     with pytest.raises(ValidationError, match="frozen"):
         ssd_run["settings"].machine_type = "gpu-4"
     assert isinstance(ssd_run["settings"], TrainerSettings)
+
+
+def test_crops_of_frames_at_an_automatic_input_size(tmp_path):
+    """input_size=auto from the manifest's frame sizes; crop_size steps; evaluated,
+    written and restorable at the input size, as the converter exports it."""
+
+    from preannotate.vision import experiment
+
+    storage = LocalStorage(tmp_path / "storage")
+    settings = cpu_settings(tmp_path)
+    data = write_dataset(storage, train_images=4, val_images=2, size=250)
+    text = "input_size=auto;crop_size=128;epochs=2;batch_size=2;warmup_steps=1;pretrained=false"
+    ctx = FakeContext(storage)
+    asyncio.run(
+        handle_dataset_exported(
+            data.event("ssd-mobilenet-v2-coco", text, model_name="crops"), ctx, settings=settings
+        )
+    )
+    details = ctx.details()
+    assert details["input_size"] == "256" and details["crop_size"] == "128"
+    assert details["input_size_source"] == "auto from the frames' median longer side 250 px"
+    prefix = model_prefix("default", "crops", 1)
+    metrics = json.loads(storage.get(prefix + "metrics.json"))
+    assert "mAP@0.5" in metrics["metrics"]
+    params = experiment.load(storage.get(prefix + "experiment.yaml").decode())
+    assert params.task.model.input_size == [256, 256, 3]
+    _restore(storage, prefix, params, 2, tmp_path / "restore")
+
+
+def _restore(storage, prefix: str, params, step: int, folder) -> None:
+    """What the converter does: the model ``params`` describes, at its input size,
+    restored from the stored checkpoint of ``step``; every variable must be found."""
+    import tensorflow as tf
+    from official.core import task_factory
+
+    for key in storage.list(prefix + f"checkpoints/ckpt-{step}/"):
+        storage.download_file(key, folder / key.rsplit("/", 1)[1])
+    model = task_factory.get_task(params.task).build_model()
+    size = params.task.model.input_size
+    model(tf.zeros([1, *size]), training=True)
+    status = tf.train.Checkpoint(model=model).read(str(folder / f"ckpt-{step}"))
+    status.expect_partial().assert_existing_objects_matched()

@@ -1,27 +1,33 @@
-"""A CVAT target that opens review issues where the model was least sure.
+"""A CVAT target that ranks its frames by doubt, and opens review issues where the
+model was least sure.
 
-``reviewed`` wraps the run's target when a run asks for review issues
-(``review_issues``: the most issues per CVAT job). The model then runs down to
-``threshold - review.WIDTH`` (``floor``), so that the detections just under the
-threshold count as doubt too; only those at or above the inner target's own
-floor reach it, so what is written does not change. ``finish`` ranks each job's
-frames (``services.inference.review``) and opens a CVAT issue
-(``POST /api/issues``) on each of its most doubtful frames, up to the cap,
-skipping frames that hold an unresolved issue already (CVAT's issue list does
-not show messages, so a frame flagged by a person or by an earlier run counts
-the same; it keeps its place among the most doubtful): a redelivered run does not
-open them twice. The issue points at the
-frame's most doubtful box, with its label and score, and reviewers reach it
-from the job's issue list in CVAT.
+``reviewed`` wraps every CVAT target: a run asking for review issues
+(``review_issues``: the most issues per CVAT job) gets them, one with 0 gets
+the ranking only. The model runs down to ``threshold - review.WIDTH``
+(``floor``), so that the detections just under the threshold count as doubt
+too; only those at or above the inner target's own floor reach it, so what is
+written does not change. ``finish`` ranks each job's frames
+(``services.inference.review``) and opens a CVAT issue (``POST /api/issues``)
+on each of its most doubtful frames, up to the cap, skipping frames that hold
+an unresolved issue already (CVAT's issue list does not show messages, so a
+frame flagged by a person or by an earlier run counts the same; it keeps its
+place among the most doubtful): a redelivered run does not open them twice.
+The issue points at the frame's most doubtful box, with its label and score,
+and reviewers reach it from the job's issue list in CVAT. Then the whole ranking (``ranking``: every
+frame with some doubt, across the jobs, with the issues opened) goes to
+``on_ranked``, which keeps it (``services.inference.reviewstore``) for
+``preannotate review TASK`` and ``GetReview``.
 
 A run resumed after an interruption ranks only the frames it predicted itself
-(the ledger skips those written before). Folders have no issues: asking for
-them there is refused.
+(the ledger skips those written before); a run that predicted none (everything
+was written before) hands no ranking on, so the one kept stays. Folders are
+neither ranked nor given issues: asking for issues there is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from preannotate.errors import InvalidArgument
 from services.inference import review
@@ -31,29 +37,62 @@ from services.inference.targets.cvat import CvatTarget
 from services.inference.targets.tracked import TrackedTarget, detection_floor
 
 
-def reviewed(target: Target, *, issues_per_job: int, threshold: review.Cut) -> Target:
-    """``target`` wrapped to open up to ``issues_per_job`` issues per CVAT job
-    (0: returned as it is); refused on a folder."""
+@dataclass(frozen=True)
+class RankedFrame:
+    """One frame of a run's ranking: its doubt, the CVAT job that holds it, its size
+    (for the box in pixels) and whether this run opened an issue on it."""
+
+    doubt: review.FrameDoubt
+    job: int
+    width: int
+    height: int
+    issue_opened: bool
+
+
+#: Called by ``finish`` with the run's ranking (the most doubtful first) and how
+#: many frames were ranked, those without doubt (not in the ranking) too.
+OnRanked = Callable[[list[RankedFrame], int], Awaitable[None]]
+
+
+def reviewed(
+    target: Target,
+    *,
+    issues_per_job: int,
+    threshold: review.Cut,
+    on_ranked: OnRanked | None = None,
+) -> Target:
+    """A CVAT ``target`` wrapped to rank its frames and open up to ``issues_per_job``
+    issues per CVAT job (0: none); a folder is returned as it is, and refused when
+    issues are asked for."""
     if issues_per_job < 0:
         raise InvalidArgument(f"review_issues must be 0 or more, got {issues_per_job}")
-    if not issues_per_job:
-        return target
     inner = target.inner if isinstance(target, TrackedTarget) else target
     if not isinstance(inner, CvatTarget):
+        if not issues_per_job:
+            return target
         raise InvalidArgument(
             f"{target.describe}: review issues are opened in CVAT tasks only; leave "
             "review_issues at 0 for a folder"
         )
-    return ReviewedTarget(target, inner, issues_per_job=issues_per_job, threshold=threshold)
+    return ReviewedTarget(
+        target, inner, issues_per_job=issues_per_job, threshold=threshold, on_ranked=on_ranked
+    )
 
 
 class ReviewedTarget(TargetWrapper):
     """The run's target, plus the issues opened at ``finish`` (module doc)."""
 
     def __init__(
-        self, inner: Target, cvat: CvatTarget, *, issues_per_job: int, threshold: review.Cut
+        self,
+        inner: Target,
+        cvat: CvatTarget,
+        *,
+        issues_per_job: int,
+        threshold: review.Cut,
+        on_ranked: OnRanked | None = None,
     ) -> None:
         super().__init__(inner)
+        self.on_ranked = on_ranked
         self.cvat = cvat
         self.issues_per_job = issues_per_job
         #: The run's threshold, or each label's (``review.Cut``).
@@ -85,8 +124,25 @@ class ReviewedTarget(TargetWrapper):
 
     async def finish(self) -> int | None:
         written = await self.inner.finish()
-        await self._open_issues()
+        if self.issues_per_job:
+            await self._open_issues()
+        if self.on_ranked is not None and self.seen:
+            await self.on_ranked(self.ranking(), len(self.seen))
         return written
+
+    def ranking(self) -> list[RankedFrame]:
+        """Every frame this run predicted with some doubt, across its jobs, the most
+        doubtful first (``review.rank``); frames with no doubt are left out."""
+        opened = set(self.opened)
+        frames = {f: found for f, (_, _, found) in self.seen.items() if f in self.cvat.owners}
+        out = []
+        for item in review.rank(frames, self.threshold):
+            if item.doubt <= 0:
+                break  # ranked by doubt: the rest have none
+            width, height, _ = self.seen[item.frame]
+            job = self.cvat.owners[item.frame]
+            out.append(RankedFrame(item, job, width, height, (job, item.frame) in opened))
+        return out
 
     async def _open_issues(self) -> None:
         by_job: dict[int, dict[int, list[Detected]]] = {}

@@ -125,6 +125,32 @@ def apply(params, entry: ModelEntry, plan: Plan, inputs: ExperimentInputs):
     return params
 
 
+def training_view(params, plan: Plan):
+    """The experiment the training steps run: ``params`` itself, or its crop view.
+
+    With ``crop_size``, Model Garden's parser scales each frame so that its long side is
+    crop_size x a random factor, then cuts a crop_size window from it
+    (``preprocess_ops.resize_and_crop_image``). The factor runs from 1 (the whole frame
+    in one crop) to 1.25 x input_size / crop_size (the scale at which the model sees
+    frames at input_size, where it is evaluated and exported, with the usual jitter):
+    steps cost as at crop_size, small objects keep their size, large ones are seen
+    whole too (with the input's scale only, their AP fell from 0.36 to 0.10 on
+    bench/datasets/mixed.py; docs/benchmarks.md).
+    """
+    if not plan.crop_size:
+        return params
+    from preannotate.vision import experiment
+
+    view = experiment.load(experiment.dump(params))
+    ratio = plan.input_size / plan.crop_size
+    view.task.model.input_size = [plan.crop_size, plan.crop_size, 3]
+    parser = view.task.train_data.parser
+    parser.aug_scale_min = 1.0
+    parser.aug_scale_max = parser.aug_scale_max * ratio
+    view.lock()
+    return view
+
+
 def rcnn(params, plan: Plan):
     """The R-CNN proposal and sampling settings of the plan."""
     model = params.task.model

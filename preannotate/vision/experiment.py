@@ -91,6 +91,11 @@ def load(text: str):
     return params
 
 
+def editable_copy(params):
+    """An unlocked, typed copy of ``params`` to change (``load`` of its ``dump``)."""
+    return load(dump(params))
+
+
 def save(params, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(dump(params))

@@ -31,6 +31,13 @@ class LocalDataset:
     manifest: dict
 
     @property
+    def median_long_side(self) -> int:
+        """The training frames' median longer side in pixels (0: an older export
+        wrote no frame sizes); what ``input_size=auto`` picks from."""
+        sides = self.manifest.get("splits", {}).get("train", {}).get("long_side") or {}
+        return int(sides.get("median") or 0)
+
+    @property
     def train_pattern(self) -> str:
         return str(self.folder / TRAIN_PATTERN)
 

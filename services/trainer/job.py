@@ -210,12 +210,8 @@ def _train(
     data, run = prepared.data, prepared.run
     request, entry = run.request, run.request.entry
     details["evaluation_set"] = prepared.record.get("set") or "none"
-    frames = data.manifest.get("splits", {}).get("train", {}).get("long_side") or {}
     plan = arguments_lib.resolve(
-        request.arguments,
-        entry,
-        request.train_images,
-        median_long_side=int(frames.get("median") or 0),
+        request.arguments, entry, request.train_images, median_long_side=data.median_long_side
     )
     details.update(plan.details())
 

@@ -165,7 +165,7 @@ class Session:
 
         from preannotate.vision import experiment
 
-        free = experiment.load(experiment.dump(self.params))
+        free = experiment.editable_copy(self.params)
         free.task.model.input_size = [None, None, 3]
         return task_factory.get_task(free.task).build_model()
 

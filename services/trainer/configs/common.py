@@ -141,7 +141,7 @@ def training_view(params, plan: Plan):
         return params
     from preannotate.vision import experiment
 
-    view = experiment.load(experiment.dump(params))
+    view = experiment.editable_copy(params)
     ratio = plan.input_size / plan.crop_size
     view.task.model.input_size = [plan.crop_size, plan.crop_size, 3]
     parser = view.task.train_data.parser

@@ -11,10 +11,14 @@ memory and import time are its own.
     .venv/bin/python bench/converter/export.py --models all       # every model (~15 min)
     .venv/bin/python bench/converter/export.py --models ssd-mobilenet-v2-coco,maskrcnn
     .venv/bin/python bench/converter/export.py --full --images 2  # the whole converter job
+    .venv/bin/python bench/converter/export.py --layout --models ssd-mobilenet-v2-coco,maskrcnn
 
 ``--full`` runs the converter's handler instead (reference outputs, export,
 fresh-process check of both signatures on synthetic images, upload to a local
-storage) and reports its steps. ``--json FILE`` keeps the rows. The default
+storage) and reports its steps. ``--layout`` compares, in one process, the
+SavedModel the converter writes (``services.converter.module.saved_root``: the
+variables, the asset and the signatures) with the baseline of saving the whole
+export module (its Keras model too): save and load seconds and bytes of each. ``--json FILE`` keeps the rows. The default
 run leaves out frcnn-nas-coco (NASNet-A Large: about 4.5 of its 14 minutes on
 two busy cores) to stay near 10 minutes.
 """
@@ -119,6 +123,40 @@ def run_export(name: str, input_size: int | None, work: Path) -> dict[str, Any]:
     }
 
 
+def run_layouts(name: str, input_size: int | None, work: Path) -> dict[str, Any]:
+    """Save one restored export module both ways and load each back (same process)."""
+    import tensorflow as tf
+
+    from services.converter import export, publish
+    from services.converter import module as serving
+
+    _entry, plan, params = _experiment(name, input_size)
+    checkpoint, count = _checkpointed(params, work / "ckpt")
+    _experiment_path, classes = _files(params, work)
+    module = serving.ServingModule(
+        params, input_image_size=export.input_size(params), classes_csv=str(classes)
+    )
+    signatures = module.signatures()
+    export._restore(module.model, checkpoint)
+    row: dict[str, Any] = {"model": name, "input_size": plan.input_size, "parameters": count}
+    for layout, root in (("module", module), ("saved_root", serving.saved_root(module))):
+        out = work / layout
+        started = time.monotonic()
+        tf.saved_model.save(root, str(out), signatures=signatures)
+        saved = time.monotonic()
+        loaded = tf.saved_model.load(str(out))
+        row[layout] = {
+            "save_seconds": round(saved - started, 1),
+            "load_seconds": round(time.monotonic() - saved, 1),
+            "bytes": publish.tree_sizes(out)["total"],
+        }
+        del loaded
+        gc.collect()
+    for figure in ("save_seconds", "load_seconds", "bytes"):
+        row[f"{figure}_ratio"] = round(row["saved_root"][figure] / row["module"][figure], 2)
+    return row
+
+
 class _Ctx:
     """The least a handler needs from the runner's context."""
 
@@ -198,6 +236,8 @@ def child(args: argparse.Namespace) -> int:
     work = Path(args.workdir)
     if args.full:
         row = run_full(args.child, args.input_size, work, args.images)
+    elif args.layout:
+        row = run_layouts(args.child, args.input_size, work)
     else:
         row = run_export(args.child, args.input_size, work)
     # With --full the export and check run in worker processes: count the largest of all.
@@ -224,6 +264,8 @@ def _measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         command += ["--input-size", str(args.input_size)]
     if args.full:
         command += ["--full", "--images", str(args.images)]
+    if args.layout:
+        command += ["--layout"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     started = time.monotonic()
     try:
@@ -241,6 +283,26 @@ def _measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             return row
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
     return {"model": name, "error": f"exit {proc.returncode}: {tail}"}
+
+
+def layout_table(rows: list[dict[str, Any]]) -> str:
+    head = ["model", "input", "save s (module / saved_root)", "load s", "MB", "load ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | error: {row['error'].splitlines()[-1]} |")
+            continue
+        before, after = row["module"], row["saved_root"]
+        cells = [
+            row["model"],
+            row["input_size"],
+            f"{before['save_seconds']} / {after['save_seconds']}",
+            f"{before['load_seconds']} / {after['load_seconds']}",
+            f"{before['bytes'] / MB:.1f} / {after['bytes'] / MB:.1f}",
+            row["load_seconds_ratio"],
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]], full: bool) -> str:
@@ -300,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=0, help="override the catalog's size")
     parser.add_argument("--full", action="store_true", help="run the whole converter job")
     parser.add_argument("--images", type=int, default=2, help="parity images with --full")
+    parser.add_argument(
+        "--layout", action="store_true", help="saved_root against saving the whole module"
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per model")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -321,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         row = _measure(name, args)
         print(f"  {row}", file=sys.stderr, flush=True)
         rows.append(row)
-    print(table(rows, args.full))
+    print(layout_table(rows) if args.layout else table(rows, args.full))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 1 if any("error" in row for row in rows) else 0

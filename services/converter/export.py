@@ -7,7 +7,8 @@ from the experiment config twice:
    reference outputs on the parity images (its boxes normalised here in NumPy,
    independently of the export module's own normalisation);
 2. a ``ServingModule`` restored from the same checkpoint is saved with both
-   signatures and ``classes.csv`` as an asset.
+   signatures and ``classes.csv`` as an asset (``module.saved_root``: the
+   variables, the asset and the signatures, not the Keras model's layers).
 
 Every restore asserts that each variable of the model was found in the
 checkpoint; a checkpoint that cannot be read or does not fit the model fails
@@ -126,7 +127,7 @@ def save_savedmodel(
     _restore(module.model, checkpoint)
     if export_dir.exists():
         shutil.rmtree(export_dir)
-    tf.saved_model.save(module, str(export_dir), signatures=signatures)
+    tf.saved_model.save(serving.saved_root(module), str(export_dir), signatures=signatures)
     return {
         "trace_seconds": round(traced, 2),
         "save_seconds": round(time.monotonic() - started - traced, 2),

@@ -24,7 +24,11 @@ Decisions, written down:
   manifest and the job status), never silently. The file's header is checked
   against the declared size before any mask is drawn at that size.
 - Images without shapes are negatives; kept unless ``keep_negatives`` is off.
-- The split is ``split.assign_splits``: by file name, stable across exports.
+- The split is ``split.assign_splits``: by file name, stable across exports;
+  unless the caller names the validation frames (``val_files``: a project's
+  CVAT Ground Truth frames, ``ground_truth``), which are then the ``val``
+  split, all of it, and never in ``train``. The manifest's
+  ``splits.val.source`` says which: "file-name-hash" or "cvat-ground-truth".
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from preannotate.errors import InvalidArgument
 from services.exporter import labelmap
 from services.exporter.coco import CocoExport, ImageRecord, Instance
 from services.exporter.examples import ObjectRecord, build_example
+from services.exporter.ground_truth import SOURCE as GROUND_TRUTH_SOURCE
 from services.exporter.masks import (
     BadSegmentation,
     box_to_mask,
@@ -53,6 +58,8 @@ from services.exporter.masks import (
 from services.exporter.split import TRAIN, VAL, assign_splits
 from services.exporter.tfrecord import ShardedWriter
 
+#: ``splits.val.source`` of a split by file name (``split``).
+HASH_SOURCE = "file-name-hash"
 #: How many detailed notes (which image, which shape, why) a result keeps.
 MAX_NOTE_DETAILS = 50
 _KEEP_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
@@ -68,6 +75,9 @@ class ConvertOptions:
     shard_max_bytes: int = 100 * 2**20
     #: ... or when it holds this many images (0: no limit).
     shard_max_images: int = 0
+    #: The validation split, by file name, when the caller decides it (CVAT ground
+    #: truth); None: ``assign_splits``.
+    val_files: frozenset[str] | None = None
 
 
 @dataclass
@@ -110,6 +120,8 @@ class ConvertResult:
     note_details: list[str]
     #: File names written in the output folder, sorted.
     files: list[str]
+    #: Where the validation split comes from: "file-name-hash" or "cvat-ground-truth".
+    val_source: str = HASH_SOURCE
 
     def summary(self) -> dict:
         """The dataset part of the manifest."""
@@ -119,7 +131,10 @@ class ConvertResult:
             "classes": list(self.classes),
             "num_classes": len(self.classes) + 1,
             "has_masks": self.has_masks,
-            "splits": {name: stats.as_dict() for name, stats in self.splits.items()},
+            "splits": {
+                name: {**stats.as_dict(), **({"source": self.val_source} if name == VAL else {})}
+                for name, stats in self.splits.items()
+            },
             "input_patterns": {name: f"{name}-*.tfrecord" for name in self.splits},
             "label_map": "label_map.pbtxt",
             "classes_csv": "classes.csv",
@@ -362,11 +377,7 @@ def convert_export(
         s.images_per_class = dict.fromkeys(classes, 0)
     rows: list[tuple[int, str, str]] = []
     try:
-        splits = assign_splits(
-            [p.image.file_name for p in prepared],
-            [bool(p.boxes) for p in prepared],
-            options.val_fraction,
-        )
+        splits = _splits(prepared, options)
         source_id = 0
         for done, (item, split) in enumerate(zip(prepared, splits, strict=True), start=1):
             try:
@@ -418,7 +429,17 @@ def convert_export(
         notes=dict(notes.counts),
         note_details=notes.details,
         files=sorted(p.name for p in out_dir.iterdir() if p.is_file()),
+        val_source=HASH_SOURCE if options.val_files is None else GROUND_TRUTH_SOURCE,
     )
+
+
+def _splits(prepared: list[_Prepared], options: ConvertOptions) -> list[str]:
+    names = [p.image.file_name for p in prepared]
+    if options.val_files is None:
+        return assign_splits(names, [bool(p.boxes) for p in prepared], options.val_fraction)
+    # the caller's validation frames (CVAT ground truth); the checks after writing
+    # refuse a split left without a labelled image
+    return [VAL if name in options.val_files else TRAIN for name in names]
 
 
 def _count(stats: SplitStats, objects: list[ObjectRecord], classes: list[str]) -> None:

@@ -15,7 +15,9 @@ For each TaskAnnotated:
 The whole task is exported even when the event names one job of it
 (``cvat.job_id``): the dataset is everything annotated in the task so far.
 An event naming a project and no task gets the frames of every completed job
-of the project, each named ``<task id>/<file name>`` (``project``).
+of the project, each named ``<task id>/<file name>`` (``project``); where the
+project's tasks have accepted CVAT Ground Truth jobs, their frames, with their
+shapes, are the validation split and nothing else is (``ground_truth``).
 Blocking work (zip, images, storage) runs in threads; the conversion's
 progress reaches job.status through ``preannotate.progress.ThreadReports``
 (a report that cannot be written is logged and counted, and the export goes
@@ -29,6 +31,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,7 @@ def _convert(
 ) -> ConvertResult:
     limits = UnpackLimits(settings.export_max_bytes, settings.export_max_files)
     unpacked = work / "unpacked"
+    options = _options(settings)
     if archive.parts:  # a project: one folder per task, merged
         parts = []
         for part in archive.parts:
@@ -114,13 +118,14 @@ def _convert(
             parts.append(
                 (part.task_id, read_export(folder, settings.export_max_image_pixels), part.keep)
             )
-        export = project.merge(parts)
+        truths = {p.task_id: p.ground_truth for p in archive.parts if p.ground_truth}
+        export = project.merge(parts, truths)
+        if truths:  # CVAT ground truth is the validation split, and only it
+            options = replace(options, val_files=project.evaluation_frames(truths.values()))
     else:
         safe_unpack(archive.path, unpacked, limits)
         export = read_export(unpacked, settings.export_max_image_pixels)
-    result = convert_export(
-        export, work / "dataset", _options(settings), source=what, progress=progress
-    )
+    result = convert_export(export, work / "dataset", options, source=what, progress=progress)
     shutil.rmtree(unpacked, ignore_errors=True)
     return result
 

@@ -16,6 +16,15 @@ evaluation set needs each frame's task (``services/trainer/evalset.py``). So:
    ground truth), name each ``<task id>/<file name>``, and merge the tasks
    into one COCO export, which the usual conversion turns into one dataset.
 
+Where a task has a CVAT Ground Truth job that is accepted (stage acceptance,
+state completed) and holds shapes (``ground_truth``; listed with
+``GET /api/jobs?project_id=P&type=ground_truth``), its frames join the export
+(completed job or not) with the Ground Truth job's shapes in place of the
+annotation jobs' ones, and they are the dataset's validation split
+(``evaluation_frames``): the conversion puts them, and only them, in ``val``
+(``splits.val.source`` "cvat-ground-truth") and never in ``train``. A project
+without one keeps the split by file name (``split``).
+
 The tasks of one project share its labels; tasks whose categories differ are
 refused, naming both.
 """
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from preannotate.errors import FailedPrecondition, InvalidArgument
+from services.exporter import ground_truth as gt
 from services.exporter.coco import CocoExport
 
 
@@ -39,6 +49,8 @@ class TaskPart:
     archive: Path
     #: File names of the frames inside completed jobs.
     keep: frozenset[str]
+    #: The task's accepted Ground Truth job with shapes, if any.
+    ground_truth: gt.GroundTruth | None = None
 
 
 def completed_ranges(jobs: Iterable[Mapping[str, Any]]) -> dict[int, list[tuple[int, int]]]:
@@ -79,8 +91,19 @@ def frames_in(
     return frozenset(names)
 
 
-def merge(parts: list[tuple[int, CocoExport, frozenset[str]]]) -> CocoExport:
-    """One export of the kept frames of every task, each named ``<task id>/<file name>``."""
+def evaluation_frames(truths: Iterable[gt.GroundTruth]) -> frozenset[str]:
+    """The Ground Truth frames of a project dataset, named as ``merge`` names them."""
+    return frozenset(f"{t.task_id}/{name}" for t in truths for name in t.frames)
+
+
+def merge(
+    parts: list[tuple[int, CocoExport, frozenset[str]]],
+    truths: Mapping[int, gt.GroundTruth] | None = None,
+) -> CocoExport:
+    """One export of the kept frames of every task, each named ``<task id>/<file name>``;
+    a task's Ground Truth frames (``truths``, by task id) are kept too, with the
+    Ground Truth job's shapes."""
+    truths = truths or {}
     if not parts:
         raise FailedPrecondition("the project has no completed job to train on")
     first_task, first, _ = parts[0]
@@ -93,9 +116,22 @@ def merge(parts: list[tuple[int, CocoExport, frozenset[str]]]) -> CocoExport:
                 f"task {task_id} has the labels {theirs} and task {first_task} {names}: the "
                 "tasks of a retrained project must share the project's labels"
             )
+        truth = truths.get(task_id)
+        shapes = truth.frames if truth else {}
+        categories = {c.name: c.coco_id for c in export.categories}
+        missing = set(shapes) - {image.file_name for image in export.images}
+        if missing:
+            raise FailedPrecondition(
+                f"ground truth job {truth.job_id if truth else 0} of task {task_id} names "
+                f"frames its export lacks: {sorted(missing)[:5]}"
+            )
         for image in export.images:
-            if image.file_name in keep:
-                images.append(replace(image, file_name=f"{task_id}/{image.file_name}"))
+            if image.file_name in shapes:
+                found = gt.instances(shapes[image.file_name], categories, image.width, image.height)
+                image = replace(image, instances=found)
+            elif image.file_name not in keep:
+                continue
+            images.append(replace(image, file_name=f"{task_id}/{image.file_name}"))
     if not images:
         raise FailedPrecondition("the project's completed jobs hold no frame of its exports")
     return CocoExport(first.categories, tuple(sorted(images, key=lambda i: i.file_name)))

@@ -14,20 +14,24 @@
 
 Either way the handler gets a zip path and treats it the same: safe unpack,
 then conversion. A message naming a CVAT project and no task (``task_id`` 0,
-``project_id`` set) gets one archive per task with completed jobs
-(``Archive.parts``, ``services.exporter.project``).
+``project_id`` set) gets one archive per task with completed jobs or an
+accepted Ground Truth job, and those Ground Truth jobs' frames and shapes
+(``Archive.parts``, ``services.exporter.project``, ``ground_truth``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from preannotate.cvat import connect, file_ref_path, is_file_ref
+from preannotate.cvat.client import CvatClient
 from preannotate.cvat.export import ExportLimits, StatusCallback, export_task
 from preannotate.errors import FailedPrecondition, InvalidArgument, NotFound
 from preannotate.v1 import common_pb2
+from services.exporter import ground_truth as gt
 from services.exporter.project import TaskPart, completed_ranges, frames_in
 from services.exporter.settings import ExporterSettings
 
@@ -119,11 +123,13 @@ async def fetch_project(
     on_status: StatusCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Archive:
-    """The archives of every task of the project with completed jobs, and the frames
-    of those jobs (``services.exporter.project``)."""
+    """The archives of every task of the project with completed jobs or an accepted
+    Ground Truth job, the frames of those jobs, and the Ground Truth
+    (``services.exporter.project``, ``ground_truth``)."""
     project = cvat.project_id
     params = {"project_id": project, "state": "completed", "type": "annotation"}
     parts = []
+    unused: list[str] = []
     async with connect(settings, cvat) as client:
         jobs = await client.paged("/api/jobs", params)
         ranges = completed_ranges(jobs)
@@ -131,7 +137,10 @@ async def fetch_project(
             raise FailedPrecondition(
                 f"CVAT project {project} has no completed job yet: nothing to train on"
             )
-        for task_id in sorted(ranges):
+        listed = await client.paged("/api/jobs", {"project_id": project, "type": "ground_truth"})
+        accepted, pending = gt.split_jobs(listed)
+        unused += [f"{j.get('id')} (not accepted yet)" for j in pending]
+        for task_id in sorted(set(ranges) | set(accepted)):
             if on_status is not None:
                 await on_status(f"exporting task {task_id} of CVAT project {project}")
             path = await export_task(
@@ -143,7 +152,14 @@ async def fetch_project(
                 cancelled=cancelled,
             )
             meta = await client.data_meta(task_id)
-            parts.append(TaskPart(task_id, path, frames_in(meta, ranges[task_id], task_id)))
+            truth = None
+            if task_id in accepted:
+                truth = await _ground_truth(client, accepted[task_id], meta)
+                if not truth.shapes:
+                    unused.append(f"{truth.job_id} (no shapes)")
+                    truth = None
+            keep = frames_in(meta, ranges.get(task_id, []), task_id)
+            parts.append(TaskPart(task_id, path, keep, truth))
     config = client.config
     source: dict[str, str | int] = {
         "kind": "cvat",
@@ -152,7 +168,24 @@ async def fetch_project(
         "tasks": ",".join(str(p.task_id) for p in parts),
         "completed_jobs": len(jobs),
     }
+    used = [p.ground_truth.job_id for p in parts if p.ground_truth]
+    if used:
+        source["ground_truth_jobs"] = ",".join(map(str, used))
+    if unused:
+        source["ground_truth_jobs_unused"] = ", ".join(unused)
     if config.organization:
         source["organization"] = config.organization
-    describe = f"CVAT project {project} ({len(jobs)} completed jobs in {len(parts)} tasks)"
+    describe = f"CVAT project {project} ({len(jobs)} completed jobs in {len(parts)} tasks"
+    describe += f", ground truth jobs {source['ground_truth_jobs']})" if used else ")"
     return Archive(work, source, describe, tuple(parts))
+
+
+async def _ground_truth(
+    client: CvatClient, job: Mapping[str, Any], task_meta: Mapping[str, Any]
+) -> gt.GroundTruth:
+    """An accepted Ground Truth job's frames and shapes, as CVAT answers them."""
+    job_id, task_id = job["id"], job["task_id"]
+    job_meta = await client.request("GET", f"/api/jobs/{job_id}/data/meta")
+    annotations = await client.job_annotations(job_id)
+    labels = await client.labels(task_id)
+    return gt.read(job, task_meta, job_meta, annotations, labels)

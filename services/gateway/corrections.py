@@ -15,7 +15,10 @@ hears the jobs complete):
    the version (``layout.create_corrections``, once per CVAT job), where
    ``preannotate models`` adds it up.
 
-Rectangles only (the box models' output). Left open: a pre-annotation whose
+Rectangles, polygons and masks (what box and Mask R-CNN models write; other
+shape types, tracks and tags are not measured), compared by their own IoU
+(``preannotate.corrections``). Each measured job moves the gateway's
+corrections metrics (``services.gateway.metrics``). Left open: a pre-annotation whose
 end the gateway did not see (it restarted meanwhile) has no proposal, and its
 jobs are not measured; a person who edits the task before the run ends shows
 up in the proposal. Blocking storage calls run in threads.
@@ -30,11 +33,12 @@ from typing import Any
 import structlog
 
 from preannotate import layout
-from preannotate.corrections import Box, compare
+from preannotate.corrections import TYPES, Corrections, Shape, compare, from_cvat
 from preannotate.cvat.client import CvatClient
 from preannotate.cvat.settings import CvatConnection, CvatSettings
 from preannotate.storage import Storage
 from preannotate.v1 import common_pb2, events_pb2
+from services.gateway import metrics
 from services.gateway.jobs import JobFactory
 from services.gateway.policy import ProjectPolicy
 
@@ -54,23 +58,24 @@ def cvat_annotations(settings: CvatSettings) -> ReadAnnotations:
     return read
 
 
-def rectangles(annotations: dict[str, Any], *, auto_only: bool) -> list[dict[str, Any]]:
+def measured_shapes(annotations: dict[str, Any], *, auto_only: bool) -> list[dict[str, Any]]:
+    """The shapes the measure reads (rectangles, polygons, masks), ours only if ``auto_only``."""
     shapes = annotations.get("shapes") or []
     return [
         s
         for s in shapes
         if isinstance(s, dict)
-        and s.get("type") == "rectangle"
+        and s.get("type") in TYPES
         and (not auto_only or s.get("source") == "auto")
     ]
 
 
-def _boxes(shapes: list[dict[str, Any]], frames: range) -> dict[int, list[Box]]:
-    out: dict[int, list[Box]] = {}
+def _by_frame(shapes: list[dict[str, Any]], frames: range) -> dict[int, list[Shape]]:
+    out: dict[int, list[Shape]] = {}
     for shape in shapes:
         frame = shape.get("frame")
         if isinstance(frame, int) and frame in frames:
-            out.setdefault(frame, []).append(Box.from_shape(shape, str(shape.get("label_id"))))
+            out.setdefault(frame, []).append(from_cvat(shape, str(shape.get("label_id"))))
     return out
 
 
@@ -113,7 +118,7 @@ class CorrectionsDesk:
         annotations = await self.read(f"/api/tasks/{task_id}/annotations", policy.organization)
         shapes = [
             {k: s.get(k) for k in ("id", "frame", "label_id", "points", "type", "source")}
-            for s in rectangles(annotations, auto_only=True)
+            for s in measured_shapes(annotations, auto_only=True)
         ]
         record = {
             "job_id": job_id,
@@ -136,9 +141,10 @@ class CorrectionsDesk:
             return None
         frames = range(start, stop + 1)
         final = await self.read(f"/api/jobs/{cvat_job}/annotations", policy.organization)
-        measured = compare(
-            _boxes(proposal.get("shapes", []), frames),
-            _boxes(rectangles(final, auto_only=False), frames),
+        measured = await asyncio.to_thread(  # masks and polygons are rasterised
+            compare,
+            _by_frame(proposal.get("shapes", []), frames),
+            _by_frame(measured_shapes(final, auto_only=False), frames),
             frames,
         )
         version = int(proposal["model"]["version"])
@@ -148,7 +154,7 @@ class CorrectionsDesk:
             "annotation_job_id": proposal.get("job_id", ""),
             **measured.as_dict(),
         }
-        await asyncio.to_thread(
+        created = await asyncio.to_thread(
             layout.create_corrections,
             self.storage,
             policy.namespace,
@@ -157,6 +163,8 @@ class CorrectionsDesk:
             cvat_job,
             record,
         )
+        if created:  # once per CVAT job: a repeated delivery counts nothing
+            await asyncio.to_thread(self._observe, policy, version, measured)
         log.info(
             "corrections measured",
             model=f"{policy.namespace}/{policy.model_name}/{version}",
@@ -165,6 +173,13 @@ class CorrectionsDesk:
             per_100_objects=round(measured.per_100_objects, 2),
         )
         return record
+
+    def _observe(self, policy: ProjectPolicy, version: int, measured: Corrections) -> None:
+        records = layout.read_corrections(self.storage, policy.namespace, policy.model_name)
+        version_total = Corrections.summed(records.get(version, []))
+        metrics.observe_corrections(
+            policy.namespace, policy.model_name, version, measured, version_total
+        )
 
     async def close(self) -> None:
         tasks = list(self._followers.values())

@@ -11,7 +11,8 @@ manifest are taken from the model's manifest. Keys read from a manifest:
 finished is read with ``preannotate.layout``; each version's status
 (promoted, candidate with the reason, previous) from the model's promotion
 log (``preannotate.promotion``), which ``promote`` and ``rollback`` change.
-Blocking: call from a thread.
+Each read of a model's log sets its promoted-version gauges
+(``services.gateway.metrics.observe_promotion``). Blocking: call from a thread.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from preannotate import layout, promotion
 from preannotate.corrections import Corrections
 from preannotate.errors import BadEvent, FailedPrecondition
 from preannotate.storage import Storage, read_manifest
+from preannotate.telemetry.promotion import figures
 from preannotate.v1 import common_pb2
 from services.gateway import metrics
 
@@ -71,10 +73,12 @@ def _fill(model: common_pb2.Model, manifest: dict[str, Any]) -> None:
 def _promotion_state(storage: Storage, namespace: str, name: str) -> promotion.PromotionState:
     """The model's promotion state; an unreadable log is logged and shows no status."""
     try:
-        return promotion.read(storage, namespace, name)
+        state = promotion.read(storage, namespace, name)
     except FailedPrecondition as exc:
         log.warning("unreadable promotion log skipped", model=f"{namespace}/{name}", error=str(exc))
         return promotion.PromotionState(namespace, name)
+    metrics.observe_promotion(namespace, name, figures(state))
+    return state
 
 
 def list_models(storage: Storage, namespace: str) -> list[common_pb2.Model]:
@@ -111,7 +115,7 @@ def correction_metrics(records: list[dict]) -> dict[str, float]:
     pre-annotated), as ``corrections/*`` metrics; none without records."""
     if not records:
         return {}
-    total = sum((Corrections.from_dict(r) for r in records), Corrections())
+    total = Corrections.summed(records)
     return {
         "corrections/jobs": float(len(records)),
         "corrections/frames": float(total.frames),
@@ -129,7 +133,9 @@ def serving_model(storage: Storage, namespace: str, name: str) -> common_pb2.Mod
     """The version of ``name`` that serves (new-task pre-annotation uses it): the
     promoted one exported for serving (``preannotate.promotion``), or None."""
     versions = layout.finished_versions(storage, namespace, name, area=layout.SERVING)
-    version = promotion.read(storage, namespace, name).serving_version(versions)
+    state = promotion.read(storage, namespace, name)
+    metrics.observe_promotion(namespace, name, figures(state))
+    version = state.serving_version(versions)
     if version is None:
         return None
     return common_pb2.ModelRef(namespace=namespace, name=name, version=version)
@@ -152,6 +158,7 @@ def promote(storage: Storage, namespace: str, name: str, version: int, *, by: st
     """TrainingService.PromoteModel's core: the ``PromotionResponse``."""
     before = promotion.read(storage, namespace, name).promoted
     state = promotion.promote(storage, namespace, name, version, by=by, reason=reason)
+    metrics.observe_promotion(namespace, name, figures(state))
     if before == version:
         return _response(state, "", f"{namespace}/{name}/{version} is already promoted")
     metrics.PROMOTIONS.labels("promote").inc()
@@ -163,6 +170,7 @@ def rollback(storage: Storage, namespace: str, name: str, *, by: str, reason: st
     before = promotion.read(storage, namespace, name).promoted
     state = promotion.rollback(storage, namespace, name, by=by, reason=reason)
     metrics.PROMOTIONS.labels("rollback").inc()
+    metrics.observe_promotion(namespace, name, figures(state))
     return _response(
         state,
         by,

@@ -18,11 +18,25 @@ Every later training of the model:
   are dropped from the local training files before training starts (counted
   in the manifest's ``evaluation.excluded_from_training``).
 
+Where the frozen frames come from is the dataset's validation split, whatever
+made it: a split by file name (``set.json`` ``source`` "validation-split"), or
+a CVAT project's accepted Ground Truth jobs (``source`` "cvat-ground-truth",
+with ``ground_truth_jobs``), whose frames the exporter makes the validation
+split, with the Ground Truth job's labels, and keeps out of ``train``
+(``services/exporter/ground_truth.py``; the manifest says so in
+``splits.val.source``). So a project that has a Ground Truth job at its model's
+first training is measured on it. One fixed measuring stick per model: a
+Ground Truth job that appears (or changes) after the set was frozen replaces
+nothing. Later trainings keep evaluating on the frozen set; the manifest's
+``evaluation.note`` says that the dataset's Ground Truth was not used as the
+set, and its frames stay out of training all the same (they are the dataset's
+validation split). To measure on the new Ground Truth, train a new model name.
+
 A dataset whose classes do not start with the set's classes (a label renamed
 or removed: class ids would differ) is not measured on the set: the version is
 evaluated on its own validation split, ``evaluation.set`` stays empty and the
-promotion gate leaves it a candidate. Left open: a CVAT Ground Truth job as the
-set (the CVAT stand-in has none), and frame numbers beside file names.
+promotion gate leaves it a candidate. Left open: frame numbers beside file
+names.
 """
 
 from __future__ import annotations
@@ -39,6 +53,21 @@ from preannotate.errors import FailedPrecondition
 from preannotate.storage import Storage
 from services.trainer.dataset import VAL_PATTERN, LocalDataset
 from services.trainer.run import TrainingRun
+
+#: ``set.json`` ``source``: the frames of a split by file name, or of CVAT Ground Truth
+#: jobs (the exporter's ``splits.val.source`` "cvat-ground-truth").
+SPLIT, GROUND_TRUTH = "validation-split", "cvat-ground-truth"
+
+
+def val_source(manifest: dict[str, Any]) -> str:
+    """Where a dataset's validation split comes from: ``GROUND_TRUTH`` or ``SPLIT``."""
+    val = manifest.get("splits", {}).get("val", {})
+    return GROUND_TRUTH if val.get("source") == GROUND_TRUTH else SPLIT
+
+
+def _ground_truth_jobs(manifest: dict[str, Any]) -> str:
+    source = manifest.get("source")
+    return str(source.get("ground_truth_jobs", "")) if isinstance(source, dict) else ""
 
 
 @dataclass(frozen=True)
@@ -147,12 +176,15 @@ def _freeze(
         "frozen_by_job": request.job_id,
         "frozen_at": datetime.now(UTC).isoformat(),
         "frozen_with_version": run.version,
-        "source": f"validation split of {request.dataset_prefix}",
+        "source": val_source(data.manifest),
+        "dataset": request.dataset_prefix,
         "frames": [_frame(frame_key(task_id, n)) for n in names],
         "images": len(names),
         "classes": list(request.classes),
         "files": files,
     }
+    if record["source"] == GROUND_TRUTH:
+        record["ground_truth_jobs"] = _ground_truth_jobs(data.manifest)
     fence()
     if layout.create_evaluation_set(storage, ns, name, record):
         return record
@@ -194,7 +226,8 @@ def prepare(storage: Storage, run: TrainingRun, data: LocalDataset, work: Path) 
             images=request.val_images,
             frozen_now=True,
         )
-        return Prepared(data, run, evaluation, _summary(evaluation, 0, 0))
+        summary = {**_summary(evaluation, 0, 0), "source": val_source(data.manifest)}
+        return Prepared(data, run, evaluation, summary)
 
     evaluation = _set(record)
     if tuple(request.classes[: len(evaluation.classes)]) != evaluation.classes:
@@ -224,8 +257,35 @@ def prepare(storage: Storage, run: TrainingRun, data: LocalDataset, work: Path) 
     new_run = TrainingRun(
         replace(request, train_images=kept, val_images=evaluation.images), run.version
     )
-    summary = _summary(evaluation, dropped, int(request.val_images))
+    summary = {
+        **_summary(evaluation, dropped, int(request.val_images)),
+        # sets frozen before sources were recorded said "validation split of <prefix>"
+        "source": GROUND_TRUTH if record.get("source") == GROUND_TRUTH else SPLIT,
+    }
+    note = _later_ground_truth(record, data.manifest)
+    if note:
+        summary["note"] = note
     return Prepared(new_data, new_run, evaluation, summary)
+
+
+def _later_ground_truth(record: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """A note when the dataset's validation split is CVAT Ground Truth the frozen set is
+    not (one appeared, or another, after the set was frozen): the set stays."""
+    if val_source(manifest) != GROUND_TRUTH:
+        return ""
+    jobs = _ground_truth_jobs(manifest)
+    if record.get("source") == GROUND_TRUTH and record.get("ground_truth_jobs") == jobs:
+        return ""
+    was = (
+        f"CVAT ground truth jobs {record.get('ground_truth_jobs')}"
+        if record.get("source") == GROUND_TRUTH
+        else "a validation split"
+    )
+    return (
+        f"the dataset's validation split is CVAT ground truth (jobs {jobs}), but the model's "
+        f"evaluation set {record.get('id')} was frozen from {was}: it stays the measuring "
+        "stick, and the ground truth frames are not trained on"
+    )
 
 
 def freeze(storage: Storage, prepared: Prepared, fence=lambda: None) -> dict[str, Any]:

@@ -26,8 +26,9 @@
    the new version is promoted when its mAP@0.5 on the model's evaluation set
    is not below the promoted one's minus ``promotion_tolerance``, else it stays
    a candidate; the decision is logged once per version and counted
-   (``preannotate_trainer_promotion_decisions_total``), and the job's final
-   message says it.
+   (``preannotate_trainer_promotion_decisions_total``; the model's figures
+   after it in ``preannotate_trainer_gate_*``), and the job's final message
+   says it.
 
 An event that names no namespace is the service's (``settings.namespace``).
 """
@@ -45,6 +46,7 @@ from preannotate.keys import check_name, dataset_prefix, default_model_name
 from preannotate.lease import Lease, LeaseKeeper, holder_id
 from preannotate.progress import ThreadReports
 from preannotate.storage.base import check_prefix
+from preannotate.telemetry.promotion import figures
 from preannotate.v1 import common_pb2, events_pb2
 from services.trainer import job as job_lib
 from services.trainer import metrics
@@ -222,6 +224,8 @@ async def _gate(
     )
     if logged:
         metrics.PROMOTION_DECISIONS.labels("promoted" if decision.promote else "refused").inc()
+    state = await asyncio.to_thread(promotion.read, ctx.storage, trained.namespace, trained.name)
+    metrics.observe_gate(trained.namespace, trained.name, figures(state))
     ctx.log.info(
         "promotion gate",
         model=trained.prefix,

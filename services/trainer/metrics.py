@@ -1,8 +1,13 @@
 """The trainer's Prometheus metrics: gauges with one series per running job
-(labels job_id, model_type), and how long jobs waited in their pool's queue.
+(labels job_id, model_type), how long jobs waited in their pool's queue, and the
+promotion gate's decisions: counted, and per model (labels namespace, model;
+versions are gauge values, not labels) the figures of its promotion log after
+the gate's last decision (``preannotate.telemetry.promotion``).
 
 Served on the service's /metrics with the platform's metrics
-(``preannotate.telemetry.metrics``); a job's series are removed when it ends.
+(``preannotate.telemetry.metrics``); a job's series are removed when it ends,
+a model's gate figures stay while the process lives (a pool at 0 replicas has
+none: the dashboard reads them with ``last_over_time``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from datetime import datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from preannotate.telemetry.promotion import PromotionFigures
 from services.trainer.progress import TrainProgress
 
 LABELS = ["job_id", "model_type"]
@@ -32,6 +38,39 @@ PROMOTION_DECISIONS = Counter(
     "preannotate_trainer_promotion_decisions_total",
     "Promotion gate decisions on newly trained versions (promoted or refused)",
     ["decision"],
+)
+# At 0 from the start: increase() needs a sample before a process's first decision.
+for _decision in ("promoted", "refused"):
+    PROMOTION_DECISIONS.labels(_decision)
+
+MODEL = ["namespace", "model"]
+GATE_CANDIDATE_VERSION = Gauge(
+    "preannotate_trainer_gate_candidate_version",
+    "The newest version of the model the promotion gate decided",
+    MODEL,
+)
+GATE_CANDIDATE_MAP = Gauge(
+    "preannotate_trainer_gate_candidate_map",
+    "mAP@0.5 on the model's frozen evaluation set of the newest version the gate decided "
+    "(NaN: not measured)",
+    MODEL,
+)
+GATE_PROMOTED_VERSION = Gauge(
+    "preannotate_trainer_gate_promoted_version",
+    "The model's promoted version after the gate's last decision",
+    MODEL,
+)
+GATE_PROMOTED_MAP = Gauge(
+    "preannotate_trainer_gate_promoted_map",
+    "mAP@0.5 of the promoted version on the model's frozen evaluation set, after the "
+    "gate's last decision (NaN: not recorded)",
+    MODEL,
+)
+GATE_REFUSALS_IN_A_ROW = Gauge(
+    "preannotate_trainer_gate_refusals_in_a_row",
+    "Versions the gate refused since the model's last promotion (by the gate or a person) "
+    "or rollback",
+    MODEL,
 )
 
 #: Up to a day: a GPU pool at 0 replicas waits minutes for a node, a busy one hours.
@@ -82,3 +121,13 @@ def observe_queue_wait(
     waited = max(0.0, (time.time() if now is None else now) - queued)
     QUEUE_WAIT_SECONDS.labels(machine_type).observe(waited)
     return waited
+
+
+def observe_gate(namespace: str, name: str, figures: PromotionFigures) -> None:
+    """The model's gate figures, after a decision (``figures`` of its promotion log)."""
+    labels = (namespace, name)
+    GATE_CANDIDATE_VERSION.labels(*labels).set(figures.candidate_version)
+    GATE_CANDIDATE_MAP.labels(*labels).set(figures.candidate_map)
+    GATE_PROMOTED_VERSION.labels(*labels).set(figures.promoted_version)
+    GATE_PROMOTED_MAP.labels(*labels).set(figures.promoted_map)
+    GATE_REFUSALS_IN_A_ROW.labels(*labels).set(figures.refusals_in_a_row)

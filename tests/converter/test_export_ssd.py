@@ -128,6 +128,14 @@ def test_boxes_are_normalised_to_the_image_as_sent(loaded):
     assert set(np.unique(classes)) <= {1, 2}
 
 
+def test_the_export_holds_the_signatures_and_variables_not_the_keras_layers(loaded):
+    # Saving the Keras model too would store every layer's traced call functions,
+    # which made loading four times slower (services/converter/module.py).
+    assert not hasattr(loaded, "model")
+    assert len(loaded.model_variables) > 100
+    assert sorted(loaded.signatures) == ["serving_default", "serving_image_tensor"]
+
+
 def test_classes_csv_travels_in_the_assets(loaded):
     from pathlib import Path
 

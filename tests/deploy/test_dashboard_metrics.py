@@ -147,7 +147,8 @@ def test_every_alert_metric_is_exported(python_tools, exported: dict[str, Any]) 
 
 def test_the_dashboard_has_the_panels_operations_needs(python_tools, exported) -> None:
     """Jobs by state, training loss and images/s, lag and DLQ per topic, inference
-    frames/s and latency, TF Serving's request rate."""
+    frames/s and latency, TF Serving's request rate, models' mAP, promotions and
+    corrections."""
     used: dict[str, str] = {}
     for _where, expr in dashboard_queries():
         for name in metric_names(expr):
@@ -176,6 +177,25 @@ def test_the_dashboard_has_the_panels_operations_needs(python_tools, exported) -
     for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "kube_pod_status_phase"):
         assert "by (namespace, pod)" in used[name] and 'pod=~"trainer-.+"' in used[name], name
     assert 'phase="Pending"' in used["kube_pod_status_phase"]
+    # Models: mAP of every version over time, which is promoted, decisions, corrections.
+    for name in [
+        "preannotate_trainer_gate_candidate_map",
+        "preannotate_trainer_gate_candidate_version",
+        "preannotate_trainer_gate_promoted_map",
+        "preannotate_trainer_gate_promoted_version",
+        "preannotate_trainer_promotion_decisions_total",
+        "preannotate_gateway_promotions_total",
+        "preannotate_gateway_promoted_version",
+        "preannotate_gateway_corrections_per_100_objects",
+        "preannotate_gateway_corrections_version",
+        "preannotate_gateway_corrections_total",
+    ]:
+        assert name in used, f"no panel shows {name}"
+        assert (
+            "by (namespace, model" in used[name]
+            or "by (decision)" in used[name]
+            or ("by (action)" in used[name])
+        ), f"{name}: {used[name]}"
     inference = {n for n in exported["families"] if n.startswith("preannotate_inference_")}
     assert inference, "services/inference/metrics.py exports no preannotate_inference_* metric"
     shown = {exported_name(n, exported["families"]) for n in used} & inference

@@ -69,6 +69,7 @@ def test_every_alert_is_well_formed_and_documented(python_tools) -> None:
         "preannotate_events_dead_lettered_total",
         "preannotate_consumer_lag",
         "preannotate_jobs",
+        "preannotate_trainer_gate_refusals_in_a_row",
         "up",
     ):
         assert metric in kinds, f"no alert reads {metric}"

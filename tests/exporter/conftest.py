@@ -1,4 +1,4 @@
-"""Fixtures of the exporter tests: settings, storage, a fake record context."""
+"""Fixtures of the exporter tests: settings, storage, a fake record context, the CVAT stand-in."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from preannotate.storage import LocalStorage
 from services.exporter.settings import ExporterSettings
 from tests.fakes import FakeContext
+from tests.standins.cvat import CvatStandIn
 
 
 @pytest.fixture
@@ -17,6 +18,12 @@ def storage(tmp_path):
 @pytest.fixture
 def ctx(storage):
     return FakeContext(storage)
+
+
+@pytest.fixture
+async def cvat():
+    async with CvatStandIn(tokens={"secret-token"}) as server:
+        yield server
 
 
 @pytest.fixture

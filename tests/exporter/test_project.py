@@ -16,7 +16,7 @@ from services.exporter.coco import Category, CocoExport, ImageRecord
 from services.exporter.handlers import handle_task_annotated
 from services.exporter.project import completed_ranges, frames_in, merge
 from services.trainer.evalset import frame_key
-from tests.standins.cvat import CvatStandIn, make_shapes_dataset, shapes_labels
+from tests.standins.cvat import make_shapes_dataset, shapes_labels
 
 PREFIX = "default/datasets/rt-1/"
 
@@ -78,27 +78,32 @@ def test_the_evaluation_set_knows_each_frame_of_a_project_dataset_by_its_task():
     assert frame_key(0, "a.jpg") == "0/a.jpg"
 
 
-def _file_names(paths: list[Path]) -> list[str]:
-    """``image/filename`` of every record (TFRecord framing read by hand: no TF)."""
-    names = []
+def records(paths: list[Path]) -> dict[str, list[str]]:
+    """``image/filename`` -> the record's class names, for every record of ``paths``
+    (TFRecord framing read by hand: no TF)."""
+    out = {}
     for path in paths:
         data = path.read_bytes()
         at = 0
         while at < len(data):
             (length,) = struct.unpack("<Q", data[at : at + 8])
-            record = data[at + 12 : at + 12 + length]
+            example = example_pb2.Example.FromString(data[at + 12 : at + 12 + length])
             at += 12 + length + 4
-            example = example_pb2.Example.FromString(record)
-            names.append(example.features.feature["image/filename"].bytes_list.value[0].decode())
-    return names
+            feature = example.features.feature
+            name = feature["image/filename"].bytes_list.value[0].decode()
+            out[name] = [t.decode() for t in feature["image/object/class/text"].bytes_list.value]
+    return out
 
 
-@pytest.fixture
-async def cvat():
-    server = CvatStandIn(tokens={"secret-token"})
-    await server.start()
-    yield server
-    await server.stop()
+def project_message(url: str, job_id: str, project_id: int = 5) -> events_pb2.TaskAnnotated:
+    """A retrain's TaskAnnotated: the project, no task."""
+    return events_pb2.TaskAnnotated(
+        job_id=job_id,
+        namespace="default",
+        cvat=common_pb2.CvatRef(url=url, project_id=project_id),
+        training=common_pb2.TrainingSpec(model_type="ssd-mobilenet-v2-coco", model_name="birds"),
+        trigger="retrain",
+    )
 
 
 async def test_a_project_export_holds_every_completed_job_of_every_task(
@@ -118,13 +123,7 @@ async def test_a_project_export_holds_every_completed_job_of_every_task(
     cvat.set_job_state(second_jobs[1], state="completed")  # frames 4-7 of task 2
     cvat.set_job_state(second_jobs[0], state="in progress")  # not ground truth yet
 
-    msg = events_pb2.TaskAnnotated(
-        job_id="rt-1",
-        namespace="default",
-        cvat=common_pb2.CvatRef(url=cvat.url, project_id=5),
-        training=common_pb2.TrainingSpec(model_type="ssd-mobilenet-v2-coco", model_name="birds"),
-        trigger="retrain",
-    )
+    msg = project_message(cvat.url, "rt-1")
     settings = make_settings(cvat_url=cvat.url, export_val_fraction=0.25)
     outcome = await handle_task_annotated(msg, ctx, settings=settings)
     [emit] = outcome.emits
@@ -135,7 +134,7 @@ async def test_a_project_export_holds_every_completed_job_of_every_task(
     assert manifest["source"]["tasks"] == f"{tasks[0]},{tasks[1]}"
     assert manifest["source"]["completed_jobs"] == 2
     local = storage.root / PREFIX
-    names = _file_names(sorted(local.glob("*.tfrecord")))
+    names = list(records(sorted(local.glob("*.tfrecord"))))
     frames = [[f.name for f in cvat.state.tasks[t].frames] for t in tasks]
     expected = {f"{tasks[0]}/{n}" for n in frames[0][:4]}
     expected |= {f"{tasks[1]}/{n}" for n in frames[1][4:8]}

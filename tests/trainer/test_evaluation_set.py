@@ -80,6 +80,7 @@ def test_a_later_training_never_trains_on_the_set_and_is_measured_on_it(trained)
         "frozen_now": False,
         "excluded_from_training": 2,
         "dataset_val_images_unused": 2,
+        "source": "validation-split",
     }
     assert "mAP@0.5" in second["metrics"]
     split = trained["root"] / "work" / NS / "job-2" / "split"

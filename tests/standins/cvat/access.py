@@ -25,7 +25,7 @@ _WRITERS = ("owner", "maintainer")
 def may_read(user: User, task: Task) -> bool:
     if _staff(user, task) or _org_role(user, task) in _READERS:
         return True
-    return any(job.assignee is user for job in task.jobs)
+    return any(job.assignee is user for job in task.all_jobs)
 
 
 def may_change(user: User, task: Task) -> bool:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from . import access, coco, creation, export, media, resources
 from . import labeled_data as annotations_
+from .ground_truth import GroundTruthError, parse_job_create
 from .labeled_data import AnnotationError
 from .model import JOB_STAGES, JOB_STATES, Job, Task, User, now
 
@@ -266,6 +267,35 @@ class Handlers:
             items.append(data)
         return _json(self._page(request, items))
 
+    async def job_create(self, request: web.Request) -> web.Response:
+        """``POST /api/jobs``: a Ground Truth job over chosen frames (JobWriteSerializer):
+        201 with the job; 400 with CVAT's message when refused; 403 without the right
+        to change the task."""
+        body = await self._body(request)
+        try:
+            wanted = parse_job_create(body)
+        except GroundTruthError as exc:
+            raise _bad_request(exc.detail) from None
+        task = self.state.tasks.get(wanted.task_id)
+        if task is None or not self._visible(request, task):
+            raise _bad_request(["Task matching query does not exist."])
+        if not access.may_change(request[USER], task):
+            raise _forbidden()
+        try:
+            self.state.check_gt_job(task)
+            job = self.server.add_gt_job(task.id, wanted.frames_for(task))
+        except ValueError as exc:
+            raise _bad_request([str(exc)]) from None
+        return _json(job, 201)
+
+    async def job_delete(self, request: web.Request) -> web.Response:
+        """``DELETE /api/jobs/{id}``: only a Ground Truth job, with its annotations."""
+        job = self._job(request)
+        if job.type != "ground_truth":
+            raise _bad_request(["Only ground truth jobs can be removed"])
+        self.server.remove_gt_job(job.id)
+        return web.Response(status=204)
+
     async def job_retrieve(self, request: web.Request) -> web.Response:
         return _json(resources.job(self.base, self.state, self._job(request)))
 
@@ -348,7 +378,7 @@ class Handlers:
     async def job_meta(self, request: web.Request) -> web.Response:
         job = self._job(request)
         task = self.state.tasks[job.task_id]
-        return _json(resources.data_meta(task, job.start_frame, job.stop_frame))
+        return _json(resources.data_meta(task, job.start_frame, job.stop_frame, job.frames))
 
     async def task_data(self, request: web.Request) -> web.Response:
         task = self._task(request)
@@ -359,6 +389,12 @@ class Handlers:
     async def job_data(self, request: web.Request) -> web.Response:
         job = self._job(request)
         task = self.state.tasks[job.task_id]
+        if job.type == "ground_truth":
+            if request.query.get("type") != "frame":
+                raise _bad_request(["The CVAT stand-in serves a ground truth job frame by frame"])
+            number = _int_arg(request, "number", required=True)
+            if number not in job.frames:
+                raise _bad_request(["The frame number doesn't belong to the job"])
         return self._data(request, task, job.start_frame, job.stop_frame, "job")
 
     def _data(

@@ -11,7 +11,8 @@ A request is validated whole before anything is stored (CVAT runs it in one
 transaction): one bad shape and nothing changes. The stand-in is stricter than
 CVAT in two places, on purpose, so tests catch writes that real CVAT would
 store in the wrong place: a shape must fall inside the job's frame range, and
-``update`` may only name ids that the job holds. Tracks (README, "Tracks, as
+``update`` may only name ids that the job holds (a Ground Truth job
+holds its chosen frames only). Tracks (README, "Tracks, as
 CVAT holds them"): their shapes are returned in frame order; a track whose
 shapes share a frame or mix types, or (task-level) spans jobs, is refused
 where CVAT would store it (and slice it per job).
@@ -96,12 +97,12 @@ def apply(
     if action is None:
         for job in jobs:
             state.annotations[job.id] = Annotations()
-        return _store(state, task, checked, keep_ids=False)
+        return _store(state, jobs, checked, keep_ids=False)
     if action == "create":
-        return _store(state, task, checked, keep_ids=False)
+        return _store(state, jobs, checked, keep_ids=False)
     if action == "update":
         _remove(state, jobs, checked)
-        return _store(state, task, checked, keep_ids=True)
+        return _store(state, jobs, checked, keep_ids=True)
     _remove(state, jobs, checked)
     return _copy(empty_response(Annotations(*(checked[k] for k in ("tags", "shapes", "tracks")))))
 
@@ -182,13 +183,19 @@ def _semantic_problems(task: Task, key: str, item: dict[str, Any], jobs: list[Jo
         frames += [s["frame"] for s in item["shapes"]]
     for frame in frames:
         if not any(job.holds(frame) for job in jobs):
-            ranges = ", ".join(f"job {j.id}: {j.start_frame}-{j.stop_frame}" for j in jobs)
+            ranges = ", ".join(_frames_of(j) for j in jobs)
             problems.append(f"{key}: frame {frame} is outside the frames written to ({ranges})")
     if key == "shapes" and not problems:
         problems += _points_problems(task, item)
     if key == "tracks" and not problems:
         problems += _track_problems(task, item, jobs)
     return problems
+
+
+def _frames_of(job: Job) -> str:
+    if job.type == "ground_truth":
+        return f"job {job.id}: frames {list(job.frames)}"
+    return f"job {job.id}: {job.start_frame}-{job.stop_frame}"
 
 
 def _track_problems(task: Task, track: dict[str, Any], jobs: list[Job]) -> list[str]:
@@ -254,7 +261,7 @@ def _remove(state: State, jobs: Iterable[Job], checked: dict[str, list[dict[str,
 
 
 def _store(
-    state: State, task: Task, checked: dict[str, list[dict[str, Any]]], *, keep_ids: bool
+    state: State, jobs: list[Job], checked: dict[str, list[dict[str, Any]]], *, keep_ids: bool
 ) -> dict[str, Any]:
     created = Annotations()
     counters = {"tags": state.tag_ids, "shapes": state.shape_ids, "tracks": state.track_ids}
@@ -268,8 +275,7 @@ def _store(
                 for tracked in item["shapes"]:
                     if not keep_ids or tracked.get("id") is None:
                         tracked["id"] = next(state.shape_ids)
-            job = task.job_for(item["frame"])
-            assert job is not None  # checked in _validate
+            job = next(j for j in jobs if j.holds(item["frame"]))  # checked in _validate
             getattr(state.annotations[job.id], key).append(item)
             getattr(created, key).append(_copy(item))
     return empty_response(created)

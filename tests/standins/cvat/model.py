@@ -30,6 +30,11 @@ INPUT_TYPES = ("checkbox", "radio", "number", "text", "select")
 JOB_STAGES = ("annotation", "validation", "acceptance")
 JOB_STATES = ("new", "in progress", "completed", "rejected")
 
+#: Job types (``JobType`` in cvat/apps/engine/models.py; "replica" is not modelled)
+#: and the frame selection methods of a Ground Truth job (``JobFrameSelectionMethod``).
+JOB_TYPES = ("annotation", "ground_truth", "replica")
+FRAME_SELECTION_METHODS = ("random_uniform", "random_per_job", "manual")
+
 #: CVAT's global privileges a stand-in user can have, and organisation roles.
 PRIVILEGES = ("admin", "user")
 ORG_ROLES = ("owner", "maintainer", "supervisor", "worker")
@@ -94,6 +99,10 @@ class Job:
     state: str = "new"
     stage: str = "annotation"
     assignee: User | None = None
+    #: "annotation", or "ground_truth": a job over chosen frames of the task
+    #: (CVAT's SPECIFIC_FRAMES segment, ``frames``) from 0 to the task's last frame.
+    type: str = "annotation"
+    frames: tuple[int, ...] = ()
 
     @property
     def status(self) -> str:
@@ -105,6 +114,8 @@ class Job:
         return "annotation"
 
     def holds(self, frame: int) -> bool:
+        if self.type == "ground_truth":
+            return frame in self.frames
         return self.start_frame <= frame <= self.stop_frame
 
 
@@ -133,11 +144,22 @@ class Task:
     assignee: User | None = None
     #: The data is a video (``CvatStandIn.set_video``): mode "interpolation".
     video: bool = False
+    #: The task's Ground Truth job (``POST /api/jobs``, type ground_truth): at most
+    #: one. ``jobs`` holds the annotation jobs only: a task's annotations, writes
+    #: and exports leave the GT job out, as CVAT's ``TaskAnnotation`` does.
+    gt_job: Job | None = None
+
+    @property
+    def all_jobs(self) -> list[Job]:
+        """The annotation jobs and the Ground Truth job (what ``/api/jobs`` lists)."""
+        return [*self.jobs, *([self.gt_job] if self.gt_job else [])]
 
     @property
     def status(self) -> str:
-        """ "completed" once every job is completed, else "annotation"."""
-        if self.jobs and all(job.state == "completed" for job in self.jobs):
+        """ "completed" once every job (the GT job too: CVAT's ``update_task_status``
+        reads all the task's jobs) is completed, else "annotation"."""
+        jobs = self.all_jobs
+        if self.jobs and all(job.state == "completed" for job in jobs):
             return "completed"
         return "annotation"
 
@@ -282,6 +304,35 @@ class State:
         task.deleted_frames = set(deleted_frames)
         task.data_ready = True
         task.updated = moment
+
+    def add_gt_job(self, task: Task, frames: list[int]) -> Job:
+        """A Ground Truth job over ``frames`` (task frame numbers), refused (``ValueError``,
+        CVAT's message) as ``JobWriteSerializer.create`` refuses it."""
+        self.check_gt_job(task)
+        if len(set(frames)) != len(frames):
+            raise ValueError("Frames must not repeat")
+        unknown = sorted(set(frames) - set(range(len(task.frames))))
+        if unknown:
+            listed = ", ".join(map(str, unknown))
+            raise ValueError(f"The following frames do not exist in the task: {listed}")
+        moment = now()
+        job = Job(next(self._job_ids), task.id, 0, len(task.frames) - 1, moment, moment,
+                  type="ground_truth", frames=tuple(sorted(frames)))  # fmt: skip
+        task.gt_job = job
+        self.jobs[job.id] = job
+        self.annotations[job.id] = Annotations()
+        task.updated = moment
+        return job
+
+    def check_gt_job(self, task: Task) -> None:
+        """Whether ``task`` may get a Ground Truth job: data in, none yet (a first one
+        sets its validation mode to "gt")."""
+        if not task.data_ready:
+            raise ValueError(
+                "This task has no data attached yet. Please set up task data and try again"
+            )
+        if task.gt_job is not None:
+            raise ValueError('Task with validation mode "gt" cannot have more than 1 GT job')
 
     def _label(
         self, spec: dict[str, Any], index: int, task_id: int, project_id: int | None

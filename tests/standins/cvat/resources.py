@@ -78,8 +78,9 @@ def task(base: str, state: State, t: Task) -> dict[str, Any]:
     ``image_quality``, ``data_chunk_size``, ``data_*_chunk_type``), as its
     "task_without_data" asset shows; while the data is processed ``size`` is 0
     and ``jobs.count`` 0."""
-    completed = sum(1 for j in t.jobs if j.state == "completed")
-    validation = sum(1 for j in t.jobs if j.stage == "validation")
+    jobs = t.all_jobs  # CVAT's job summary counts the Ground Truth job too
+    completed = sum(1 for j in jobs if j.state == "completed")
+    validation = sum(1 for j in jobs if j.stage == "validation")
     org_id = state.organizations[t.organization] if t.organization else None
     out: dict[str, Any] = {
         "url": f"{base}/api/tasks/{t.id}",
@@ -103,9 +104,10 @@ def task(base: str, state: State, t: Task) -> dict[str, Any]:
         "target_storage": None,
         "source_storage": None,
         "assignee_updated_date": None,
-        "validation_mode": None,
+        # A GT job made with POST /api/jobs sets the task's validation layout to "gt".
+        "validation_mode": "gt" if t.gt_job else None,
         "jobs": {
-            "count": len(t.jobs),
+            "count": len(jobs),
             "completed": completed,
             "validation": validation,
             "url": f"{base}/api/jobs?{urlencode({'task_id': t.id})}",
@@ -128,7 +130,11 @@ def task(base: str, state: State, t: Task) -> dict[str, Any]:
 
 
 def job(base: str, state: State, j: Job) -> dict[str, Any]:
+    """JobReadSerializer. A Ground Truth job spans frames 0 to the task's last
+    (``start_frame``/``stop_frame``) and counts only its own (``frame_count``);
+    its chunks are always an image set."""
     t = state.tasks[j.task_id]
+    chunks = "video" if t.video and j.type != "ground_truth" else "imageset"
     org_id = state.organizations[t.organization] if t.organization else None
     return {
         "url": f"{base}/api/jobs/{j.id}",
@@ -145,15 +151,17 @@ def job(base: str, state: State, j: Job) -> dict[str, Any]:
         "status": j.status,
         "stage": j.stage,
         "state": j.state,
-        "frame_count": j.stop_frame - j.start_frame + 1,
+        "frame_count": len(j.frames)
+        if j.type == "ground_truth"
+        else j.stop_frame - j.start_frame + 1,
         "start_frame": j.start_frame,
         "stop_frame": j.stop_frame,
         "data_chunk_size": t.chunk_size,
-        "data_compressed_chunk_type": "video" if t.video else "imageset",
+        "data_compressed_chunk_type": chunks,
         "data_original_chunk_type": "video" if t.video else "imageset",
         "created_date": iso(j.created),
         "updated_date": iso(j.updated),
-        "type": "annotation",
+        "type": j.type,
         "organization": org_id,
         "target_storage": None,
         "source_storage": None,
@@ -183,8 +191,30 @@ def label(lb: Label) -> dict[str, Any]:
     return out
 
 
-def data_meta(t: Task, start: int, stop: int) -> dict[str, Any]:
-    """DataMetaReadSerializer; while the data is processed: size 0, no frames."""
+def data_meta(t: Task, start: int, stop: int, included: tuple[int, ...] = ()) -> dict[str, Any]:
+    """DataMetaReadSerializer; while the data is processed: size 0, no frames.
+
+    ``included``: a Ground Truth job's frames (JobViewSet.metadata): ``size`` counts
+    them, ``included_frames`` lists them, and every other frame of the range is
+    listed as ``placeholder.jpg`` (same width and height)."""
+    if included:
+        chosen = set(included)
+        return {
+            **data_meta(t, start, stop),
+            "size": len(included),
+            "frames": [
+                {
+                    "width": f.width,
+                    "height": f.height,
+                    "name": f.name if i in chosen else "placeholder.jpg",
+                    "related_files": 0,
+                    "has_related_context": False,
+                }
+                for i, f in enumerate(t.frames[start : stop + 1], start=start)
+            ],
+            "deleted_frames": sorted(f for f in t.deleted_frames if f in chosen),
+            "included_frames": list(included),
+        }
     return {
         "chunks_updated_date": iso(t.created),
         "chunk_size": t.chunk_size,

@@ -21,7 +21,7 @@ from . import labeled_data as annotations_
 from .app import LoggedRequest, build_app
 from .export import ExportRequest, Exports
 from .faults import Faults
-from .model import JOB_STAGES, JOB_STATES, State, Task, User, now
+from .model import JOB_STAGES, JOB_STATES, Job, State, Task, User, now
 from .webhooks import DEFAULT_RETRY_INTERVALS, Delivery, Sender, Webhook
 
 #: Diff keys an update delivery carries: ``before_update`` (field -> old
@@ -267,6 +267,46 @@ class CvatStandIn:
             owner=self._user(owner) if owner is not None else None,
         )
 
+    def add_gt_job(
+        self,
+        task_id: int,
+        frames: Iterable[int],
+        shapes: list[dict[str, Any]] | None = None,
+        *,
+        state: str | None = None,
+        stage: str | None = None,
+    ) -> dict[str, Any]:
+        """The task's Ground Truth job over ``frames``, as ``POST /api/jobs`` with
+        ``type: ground_truth`` and manual frames makes it (one per task; ValueError
+        with CVAT's message otherwise); returns the job. ``shapes`` as for
+        ``add_task``, on those frames; ``state``/``stage`` set afterwards (no
+        webhook fires for a job made this way)."""
+        task = self._task(task_id)
+        job = self.state.add_gt_job(task, list(frames))
+        try:
+            if shapes:
+                self._seed_shapes(task.id, shapes, [job])
+        except Exception:
+            self.remove_gt_job(job.id)
+            raise
+        job.state, job.stage = state or job.state, stage or job.stage
+        return self.job(job.id)
+
+    def remove_gt_job(self, job_id: int) -> None:
+        """Delete a Ground Truth job and its annotations (``DELETE /api/jobs/{id}``)."""
+        job = self.state.jobs[job_id]
+        task = self.state.tasks[job.task_id]
+        if task.gt_job is not job:
+            raise ValueError("Only ground truth jobs can be removed")
+        task.gt_job = None
+        del self.state.jobs[job_id]
+        self.state.annotations.pop(job_id, None)
+
+    def gt_job(self, task_id: int) -> dict[str, Any] | None:
+        """The task's Ground Truth job as ``GET /api/jobs/<id>`` answers it, or None."""
+        job = self._task(task_id).gt_job
+        return self.job(job.id) if job else None
+
     # --- users --------------------------------------------------------------------
 
     def add_user(
@@ -303,7 +343,9 @@ class CvatStandIn:
             raise KeyError(f"no user {username!r}; users are {sorted(self.state.users)}")
         return self.state.users[username]
 
-    def _seed_shapes(self, task_id: int, shapes: list[dict[str, Any]]) -> None:
+    def _seed_shapes(
+        self, task_id: int, shapes: list[dict[str, Any]], jobs: list[Job] | None = None
+    ) -> None:
         task = self.state.tasks[task_id]
         body = []
         for i, raw in enumerate(shapes):
@@ -328,14 +370,14 @@ class CvatStandIn:
                     ]
             body.append(shape)
         try:
-            annotations_.apply(self.state, task, task.jobs, {"shapes": body}, "create")
+            annotations_.apply(self.state, task, jobs or task.jobs, {"shapes": body}, "create")
         except annotations_.AnnotationError as exc:
             raise ValueError(f"shapes refused: {exc.detail}") from None
 
     def _forget_task(self, task_id: int) -> None:
         task = self.state.tasks.pop(task_id)
         self.creations.requests.pop(creation.request_id(task_id), None)
-        for job in task.jobs:
+        for job in task.all_jobs:
             self.state.jobs.pop(job.id, None)
             self.state.annotations.pop(job.id, None)
 

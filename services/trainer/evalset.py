@@ -16,7 +16,12 @@ Every later training of the model:
   when frozen), not on its dataset's own validation split;
 - never trains on them: training records whose (task, file name) is in the set
   are dropped from the local training files before training starts (counted
-  in the manifest's ``evaluation.excluded_from_training``).
+  in the manifest's ``evaluation.excluded_from_training``);
+- trains on its dataset's own validation split, less the set's frames, since
+  that split measures nothing now (``train-val-*.tfrecord`` beside the training
+  files; ``evaluation.dataset_val_images_trained_on``), so a retrain learns from
+  everything annotated but the set. A validation split that is CVAT ground truth
+  is never trained on (``dataset_val_images_unused``).
 
 Where the frozen frames come from is the dataset's validation split, whatever
 made it: a split by file name (``set.json`` ``source`` "validation-split"), or
@@ -125,16 +130,22 @@ def file_names(files: tuple[Path, ...] | list[Path]) -> list[str]:
 
 
 def drop_frames(
-    files: tuple[Path, ...], out_dir: Path, task_id: int, frames: frozenset[str]
+    files: tuple[Path, ...],
+    out_dir: Path,
+    task_id: int,
+    frames: frozenset[str],
+    *,
+    prefix: str = "",
 ) -> tuple[list[Path], int, int]:
-    """Copy ``files`` into ``out_dir`` without the records of ``frames``; (files, kept,
-    dropped). A file left with no record is not written."""
+    """Copy ``files`` into ``out_dir`` (named ``prefix`` + their name) without the
+    records of ``frames``; (files, kept, dropped). A file left with no record is not
+    written."""
     import tensorflow as tf
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written, kept, dropped = [], 0, 0
     for path in files:
-        target = out_dir / path.name
+        target = out_dir / (prefix + path.name)
         count = 0
         with tf.io.TFRecordWriter(str(target)) as writer:
             for raw in tf.data.TFRecordDataset([str(path)]):
@@ -246,6 +257,14 @@ def prepare(storage: Storage, run: TrainingRun, data: LocalDataset, work: Path) 
     folder = Path(work)
     shutil.rmtree(folder, ignore_errors=True)
     train, kept, dropped = drop_frames(data.train_files, folder, task_id, evaluation.frames)
+    # The dataset's own validation split measures nothing now (the set does): it is
+    # trained on, less the set's frames; CVAT ground truth never is.
+    from_val, val_kept, val_dropped = [], 0, 0
+    if data.val_files and val_source(data.manifest) == SPLIT:
+        from_val, val_kept, val_dropped = drop_frames(
+            data.val_files, folder, task_id, evaluation.frames, prefix="train-"
+        )
+    train, kept, dropped = [*train, *from_val], kept + val_kept, dropped + val_dropped
     if not train:
         raise FailedPrecondition(
             f"every training image of {request.dataset_prefix} is in the evaluation set of "
@@ -257,8 +276,10 @@ def prepare(storage: Storage, run: TrainingRun, data: LocalDataset, work: Path) 
     new_run = TrainingRun(
         replace(request, train_images=kept, val_images=evaluation.images), run.version
     )
+    unused = 0 if val_source(data.manifest) == SPLIT else int(request.val_images)
     summary = {
-        **_summary(evaluation, dropped, int(request.val_images)),
+        **_summary(evaluation, dropped, unused),
+        "dataset_val_images_trained_on": val_kept,
         # sets frozen before sources were recorded said "validation split of <prefix>"
         "source": GROUND_TRUTH if record.get("source") == GROUND_TRUTH else SPLIT,
     }

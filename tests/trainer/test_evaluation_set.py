@@ -6,8 +6,8 @@ Three trainings of one model (tiny SSD, a few steps at 128 px, on the CPU):
    {7/img7, 7/img8}; version 1 is promoted (the first);
 2. job-2 is a later export of the same task whose split moved: img1..img8 train
    (the frozen img7 and img8 among them), img9, img10 validation. The trainer
-   drops img7 and img8 from its training files and evaluates on the frozen set,
-   not on img9, img10;
+   drops img7 and img8 from its training files, trains on img9, img10 too and
+   evaluates on the frozen set;
 3. job-3 trains with ``eval=false``: not measured on the set, the gate refuses
    it, and the promoted version keeps being the one that serves.
 """
@@ -79,13 +79,15 @@ def test_a_later_training_never_trains_on_the_set_and_is_measured_on_it(trained)
         "images": 2,
         "frozen_now": False,
         "excluded_from_training": 2,
-        "dataset_val_images_unused": 2,
+        "dataset_val_images_unused": 0,
+        "dataset_val_images_trained_on": 2,
         "source": "validation-split",
     }
     assert "mAP@0.5" in second["metrics"]
     split = trained["root"] / "work" / NS / "job-2" / "split"
     trained_on = evalset.file_names(sorted(split.glob("train-*.tfrecord")))
-    assert sorted(trained_on) == sorted(f"img{i}.jpg" for i in range(1, 7))
+    # img1..img6 and the dataset's own validation split img9, img10 (the set measures now)
+    assert sorted(trained_on) == sorted(f"img{i}.jpg" for i in (1, 2, 3, 4, 5, 6, 9, 10))
     measured_on = evalset.file_names(sorted(split.glob("val-*.tfrecord")))
     assert measured_on == ["img7.jpg", "img8.jpg"]  # the frozen set, not img9, img10
     metrics = json.loads(trained["storage"].get(f"{NS}/models/{NAME}/2/metrics.json"))

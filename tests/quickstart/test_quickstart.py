@@ -21,9 +21,18 @@ import pytest
 pytestmark = pytest.mark.timeout(900)
 
 #: Held-out mAP@0.5 the short run below must reach. At 250 steps the run wrote no
-#: shape at score >= 0.05 (mAP 0); at 600 steps it scored 0.54 (loaded machine); an
-#: untrained model scores 0. Whether it knows the classes is checked apart (below).
+#: shape at score >= 0.05 (mAP 0); at 600 steps on 200 training images it scored 0.64
+#: (0.46 to 0.54 on 64 images); an untrained model scores 0. Whether it knows the
+#: classes is checked apart (below).
 MAP_FLOOR = 0.3
+
+#: Share of the found held-out objects the short run must name under their own class.
+#: Measured 0.59 (80 of 135, 200 training images, 600 steps); trained on 64 images
+#: it was 0.52 to 0.58 and a CI run failed the class check this replaced; the
+#: full quickstart (1500 steps) reaches 0.95 mAP@0.5. A class-blind model names a
+#: third (three classes): over about 130 objects 0.45 is three standard deviations
+#: above that.
+CLASSES_RIGHT = 0.45
 
 QUICKSTART = [
     sys.executable,
@@ -34,7 +43,7 @@ QUICKSTART = [
 
 #: A short run of the quickstart's recipe (its learning rate, batch and input size;
 #: pretrained=false as the quickstart has, so it needs no fetched weights).
-TRAIN, HELD_OUT, STEPS = 64, 16, 600
+TRAIN, HELD_OUT, STEPS = 200, 48, 600
 SHORT_ARGS = (
     f"epochs={STEPS};batch_size=8;input_size=128;initial_learning_rate=0.02;warmup_steps=25;"
     f"checkpoint_every={STEPS};pretrained=false"
@@ -52,8 +61,7 @@ def _top_class_per_object(predictions: dict) -> dict:
     """Keep, where boxes of any class overlap (IoU > 0.5), only the best-scored one.
 
     At score >= 0.05 a detector also writes each object under the other classes
-    at low scores, which lets class-rotated truth score well; with one class per
-    object, only a model that ranks the right class first scores.
+    at low scores; with one class per object, only the class it ranks first counts.
     """
     kept: dict[int, list[dict]] = {}
     for ann in sorted(predictions["annotations"], key=lambda a: -a["score"]):
@@ -63,27 +71,30 @@ def _top_class_per_object(predictions: dict) -> dict:
     return {**predictions, "annotations": [a for anns in kept.values() for a in anns]}
 
 
-def _scores_of_top_classes(truth: dict, predictions: dict, tmp_path) -> tuple[float, float]:
-    """mAP@0.5 of the best class per object, against the truth and against the
-    truth with its classes rotated (each object labelled as the next class)."""
-    from preannotate.quickstart.score import coco_map
-
-    ids = sorted(c["id"] for c in truth["categories"])
-    rotate = dict(zip(ids, ids[1:] + ids[:1], strict=True))
-    rotated = {
-        **truth,
-        "annotations": [
-            {**a, "category_id": rotate[a["category_id"]]} for a in truth["annotations"]
-        ],
-    }
-    top = tmp_path / "top-class-per-object.json"
-    top.write_text(json.dumps(_top_class_per_object(predictions)))
-    scores = []
-    for name, body in (("truth", truth), ("truth-rotated", rotated)):
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(body))
-        scores.append(coco_map(path, top)["mAP@0.5"])
-    return scores[0], scores[1]
+def _classes_named_right(truth: dict, predictions: dict) -> tuple[int, int]:
+    """(objects found, objects found under their own class): a truth object is found
+    when one of the best-class-per-object predictions overlaps it at IoU >= 0.5; the
+    highest-scored of those names its class."""
+    top = _top_class_per_object(predictions)
+    names = {c["id"]: c["name"] for c in predictions["categories"]}
+    truth_names = {c["id"]: c["name"] for c in truth["categories"]}
+    image_of = {i["file_name"]: i["id"] for i in predictions["images"]}
+    by_image: dict[int, list[dict]] = {}
+    for ann in top["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    files = {i["id"]: i["file_name"] for i in truth["images"]}
+    found = right = 0
+    for obj in truth["annotations"]:
+        hits = [
+            a
+            for a in by_image.get(image_of[files[obj["image_id"]]], [])
+            if _iou(a["bbox"], obj["bbox"]) >= 0.5
+        ]
+        if hits:
+            found += 1
+            best = max(hits, key=lambda a: a["score"])
+            right += names[best["category_id"]] == truth_names[obj["category_id"]]
+    return found, right
 
 
 def _quickstart(*args: str, timeout: float = 840) -> subprocess.CompletedProcess:
@@ -115,12 +126,14 @@ def test_quickstart_runs_the_whole_loop_and_scores_the_held_out_images(tmp_path)
     assert f"{scores['mAP@0.5']:.3f}" == score.group(1)
     truth = json.loads((work / "data" / "heldout-truth.json").read_text())
     assert len(truth["images"]) == HELD_OUT and truth["annotations"]
-    # It knows the classes: its best class per object scores at most half as well
-    # against truth whose classes are rotated (a model that confused the classes
-    # would score alike on both; measured 0.44 against 0.12).
+    # It knows the classes: of the objects its best class per object finds, it names
+    # at least CLASSES_RIGHT of them right. A model blind to the classes names about a
+    # third (three classes), one with shifted label ids next to none.
     predictions = json.loads((work / "heldout/annotations/instances_default.json").read_text())
-    right, rotated = _scores_of_top_classes(truth, predictions, tmp_path)
-    assert rotated < right / 2, (right, rotated)
+    found, right = _classes_named_right(truth, predictions)
+    objects = len(truth["annotations"])
+    assert found >= 0.7 * objects, (found, objects)
+    assert right >= CLASSES_RIGHT * found, (right, found)
 
     # A COCO 1.0 zip as CVAT imports it: the held-out images and their predictions.
     bundle = work / "heldout-preannotated-coco.zip"

@@ -73,7 +73,6 @@ class Arguments:
     second_stage_batch_size: int | None = None
     num_sampled_masks: int | None = None
     crop_size: int | None = None
-    smallest_anchor: int | None = None
     stage1_epochs: int | None = None
     stage2_epochs: int | None = None
     stage3_epochs: int | None = None
@@ -128,8 +127,6 @@ class Plan:
     num_sampled_masks: int = 0
     #: Training crops of this size cut from frames scaled to ``input_size`` (0: whole frames).
     crop_size: int = 0
-    #: Side in pixels of the model input of the smallest anchor (0: the model's own).
-    smallest_anchor: int = 0
     #: How ``input_size`` was chosen: "default", "user", "auto from ...".
     input_size_source: str = "default"
     train_images: int = 0
@@ -151,8 +148,6 @@ class Plan:
         }
         if self.crop_size:
             out["crop_size"] = str(self.crop_size)
-        if self.smallest_anchor:
-            out["smallest_anchor"] = str(self.smallest_anchor)
         if self.stages:
             out["stages"] = ", ".join(
                 f"{s.number}: {s.trains} {s.epochs} epochs = {s.steps} steps" for s in self.stages
@@ -345,12 +340,6 @@ def _check_cross(entry: ModelEntry, values: dict[str, Any], num_clones: int) -> 
                 f"crop_size={crop} must be below input_size={whole}: crops are cut from frames "
                 f"scaled to input_size; drop crop_size to train on whole frames"
             )
-    anchor = values.get("smallest_anchor")
-    if anchor is not None and anchor % 4:
-        lower = max(8, anchor - anchor % 4)
-        raise InvalidArgument(
-            f"smallest_anchor={anchor} is not a multiple of 4: use e.g. {lower} or {lower + 4}"
-        )
     for k in (1, 2):
         step, lr = values.get(f"schedule_step_{k}"), values.get(f"schedule_lr_{k}")
         if (step is None) != (lr is None):
@@ -503,7 +492,6 @@ def resolve(
         ),
         num_sampled_masks=(args.num_sampled_masks or 128) if entry.has_masks else 0,
         crop_size=crop,
-        smallest_anchor=args.smallest_anchor or 0,
         train_images=dataset_images,
         user_arguments=args.as_dict(),
     )

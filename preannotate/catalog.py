@@ -277,9 +277,6 @@ _SCHEDULE = (
 )
 
 
-#: The single-stage model's smallest anchor at its finest level (stride 8): 3 x 8 px.
-SMALLEST_ANCHOR = 24
-
 _CROP = (
     ArgumentSpec(
         "crop_size",
@@ -290,16 +287,6 @@ _CROP = (
         "(small objects in large frames); a multiple of 128, below input_size",
         minimum=128,
         maximum=2048,
-    ),
-    ArgumentSpec(
-        "smallest_anchor",
-        INT,
-        str(SMALLEST_ANCHOR),
-        "side in pixels of the model input of the smallest anchor box (at the finest "
-        "level, stride 8; the other levels scale with it): lower it, e.g. to 16, when "
-        "many objects are under about 20 px at input_size; a multiple of 4",
-        minimum=8,
-        maximum=64,
     ),
 )
 

@@ -265,20 +265,6 @@ def test_crop_size_is_for_the_single_stage_model_only():
         parse("crop_size=256", FRCNN, machine_gpus=1)
 
 
-def test_smallest_anchor_is_kept_checked_and_for_the_single_stage_model_only():
-    plan = resolve(parse("smallest_anchor=16", SSD, machine_gpus=0), SSD, 10)
-    assert (plan.smallest_anchor, plan.details()["smallest_anchor"]) == (16, "16")
-    assert "smallest_anchor" not in resolve(parse("", SSD, machine_gpus=0), SSD, 10).details()
-    with pytest.raises(
-        InvalidArgument, match=r"smallest_anchor=18 is not a multiple of 4: use e\.g\. 16 or 20"
-    ):
-        parse("smallest_anchor=18", SSD, machine_gpus=0)
-    with pytest.raises(InvalidArgument, match="smallest_anchor=4 is out of range"):
-        parse("smallest_anchor=4", SSD, machine_gpus=0)
-    with pytest.raises(InvalidArgument, match="unknown argument 'smallest_anchor'"):
-        parse("smallest_anchor=16", FRCNN, machine_gpus=1)
-
-
 def test_auto_input_size_not_above_the_crop_trains_whole_frames():
     args = parse("input_size=auto;crop_size=256", SSD, machine_gpus=0)
     plan = resolve(args, SSD, 10, median_long_side=250)

@@ -32,7 +32,6 @@ NON_DEFAULT = {
     "stage1_epochs": "4",
     "stage2_epochs": "5",
     "stage3_epochs": "6",
-    "smallest_anchor": "16",
 }
 # Keys that only make sense together with others: (in both runs, only with the key).
 COMPANIONS = {
@@ -121,20 +120,6 @@ def test_what_the_keys_set():
     assert params.runtime.num_gpus == 2 and task.model.norm_activation.use_sync_bn
     assert task.model.num_classes == 3 and task.init_checkpoint is None
     assert task.model.backbone.resnet.model_id == 50
-
-
-def test_smallest_anchor_sets_the_anchors_of_the_finest_level():
-    entry = catalog.get("ssd-mobilenet-v2-coco")
-
-    def anchor(text: str):
-        plan = resolve(parse(text, entry, machine_gpus=0), entry, TRAIN_IMAGES)
-        model = build_experiment(entry, plan, _inputs(plan, entry)).task.model
-        return model.min_level, model.anchor.anchor_size
-
-    # Model Garden's anchor_size counts strides of the finest level (2**3 = 8 px).
-    assert anchor("") == (3, 3.0)  # 24 px, the catalog's default
-    assert anchor("smallest_anchor=16") == (3, 2.0)
-    assert anchor("smallest_anchor=12") == (3, 1.5)
 
 
 def test_lowp_keeps_fewer_proposals_than_frcnn():

@@ -11,7 +11,7 @@ from official.vision.configs import decoders
 from official.vision.configs import retinanet as retinanet_cfg
 
 from preannotate.arguments import Plan
-from preannotate.catalog import SMALLEST_ANCHOR, ModelEntry
+from preannotate.catalog import ModelEntry
 from preannotate.vision import experiment
 from services.trainer.configs import ExperimentInputs, common
 
@@ -25,11 +25,7 @@ def build(entry: ModelEntry, plan: Plan, inputs: ExperimentInputs):
         type="fpn", fpn=decoders.FPN(num_filters=128, use_separable_conv=True)
     )
     model.head = retinanet_cfg.RetinaNetHead(num_filters=128, use_separable_conv=True)
-    # anchor_size is in strides of the finest level (2**min_level px): 3 -> 24 px.
-    smallest = plan.smallest_anchor or SMALLEST_ANCHOR
-    model.anchor = retinanet_cfg.Anchor(
-        num_scales=3, aspect_ratios=[0.5, 1.0, 2.0], anchor_size=smallest / 2**model.min_level
-    )
+    model.anchor = retinanet_cfg.Anchor(num_scales=3, aspect_ratios=[0.5, 1.0, 2.0], anchor_size=3)
     model.norm_activation.activation = "relu6"
     model.norm_activation.norm_momentum = 0.99
     model.norm_activation.norm_epsilon = 0.001

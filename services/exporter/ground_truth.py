@@ -1,4 +1,5 @@
-"""A project's CVAT Ground Truth jobs: the frames and labels of its evaluation split.
+"""CVAT Ground Truth jobs (a project's, or a task's trained by itself): the frames and
+labels of the evaluation split.
 
 CVAT 2.x (docs/cvat.md, "Ground Truth jobs") keeps a task's Ground Truth job
 apart: a job of ``type`` ``ground_truth`` over chosen frames of the task (its

@@ -17,7 +17,9 @@ The whole task is exported even when the event names one job of it
 An event naming a project and no task gets the frames of every completed job
 of the project, each named ``<task id>/<file name>`` (``project``); where the
 project's tasks have accepted CVAT Ground Truth jobs, their frames, with their
-shapes, are the validation split and nothing else is (``ground_truth``).
+shapes, are the validation split and nothing else is (``ground_truth``). A task
+by itself does the same with its own accepted Ground Truth job (file names
+unchanged).
 Blocking work (zip, images, storage) runs in threads; the conversion's
 progress reaches job.status through ``preannotate.progress.ThreadReports``
 (a report that cannot be written is logged and counted, and the export goes
@@ -125,6 +127,10 @@ def _convert(
     else:
         safe_unpack(archive.path, unpacked, limits)
         export = read_export(unpacked, settings.export_max_image_pixels)
+        truth = archive.ground_truth
+        if truth is not None:  # a task by itself with its accepted Ground Truth job
+            export = project.with_ground_truth(truth.task_id, export, truth)
+            options = replace(options, val_files=frozenset(truth.frames))
     result = convert_export(export, work / "dataset", options, source=what, progress=progress)
     shutil.rmtree(unpacked, ignore_errors=True)
     return result

@@ -38,7 +38,7 @@ from typing import Any
 
 from preannotate.errors import FailedPrecondition, InvalidArgument
 from services.exporter import ground_truth as gt
-from services.exporter.coco import CocoExport
+from services.exporter.coco import CocoExport, ImageRecord
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,12 @@ def completed_ranges(jobs: Iterable[Mapping[str, Any]]) -> dict[int, list[tuple[
     return out
 
 
+def is_video(meta: Mapping[str, Any]) -> bool:
+    """A video task: its data/meta lists one media item for more frames."""
+    frames, size = meta.get("frames"), meta.get("size")
+    return isinstance(frames, list) and isinstance(size, int) and size > len(frames)
+
+
 def frames_in(
     meta: Mapping[str, Any], ranges: list[tuple[int, int]], task_id: int
 ) -> frozenset[str]:
@@ -73,8 +79,8 @@ def frames_in(
     frames = meta.get("frames")
     if not isinstance(frames, list):
         raise FailedPrecondition(f"CVAT's data/meta of task {task_id} lists no frames")
-    size = meta.get("size")
-    if isinstance(size, int) and size > len(frames):  # a video: one media item listed
+    if is_video(meta):
+        size = meta.get("size")
         raise FailedPrecondition(
             f"task {task_id} is a video ({size} frames, {len(frames)} media item): a "
             "project's retrain reads image tasks only; train on the task by itself"
@@ -116,22 +122,44 @@ def merge(
                 f"task {task_id} has the labels {theirs} and task {first_task} {names}: the "
                 "tasks of a retrained project must share the project's labels"
             )
-        truth = truths.get(task_id)
-        shapes = truth.frames if truth else {}
-        categories = {c.name: c.coco_id for c in export.categories}
-        missing = set(shapes) - {image.file_name for image in export.images}
-        if missing:
-            raise FailedPrecondition(
-                f"ground truth job {truth.job_id if truth else 0} of task {task_id} names "
-                f"frames its export lacks: {sorted(missing)[:5]}"
-            )
+        truth_images = _truth_images(task_id, export, truths.get(task_id))
         for image in export.images:
-            if image.file_name in shapes:
-                found = gt.instances(shapes[image.file_name], categories, image.width, image.height)
-                image = replace(image, instances=found)
+            if image.file_name in truth_images:
+                image = truth_images[image.file_name]
             elif image.file_name not in keep:
                 continue
             images.append(replace(image, file_name=f"{task_id}/{image.file_name}"))
     if not images:
         raise FailedPrecondition("the project's completed jobs hold no frame of its exports")
     return CocoExport(first.categories, tuple(sorted(images, key=lambda i: i.file_name)))
+
+
+def with_ground_truth(task_id: int, export: CocoExport, truth: gt.GroundTruth) -> CocoExport:
+    """One task's export (``train --task``) with its Ground Truth frames labelled by the
+    Ground Truth job's shapes; file names unchanged."""
+    truth_images = _truth_images(task_id, export, truth)
+    return replace(export, images=tuple(truth_images.get(i.file_name, i) for i in export.images))
+
+
+def _truth_images(
+    task_id: int, export: CocoExport, truth: gt.GroundTruth | None
+) -> dict[str, ImageRecord]:
+    """The task's Ground Truth frames with the Ground Truth job's shapes, by file name."""
+    if truth is None:
+        return {}
+    shapes = truth.frames
+    missing = set(shapes) - {image.file_name for image in export.images}
+    if missing:
+        raise FailedPrecondition(
+            f"ground truth job {truth.job_id} of task {task_id} names frames its export "
+            f"lacks: {sorted(missing)[:5]}"
+        )
+    categories = {c.name: c.coco_id for c in export.categories}
+    return {
+        image.file_name: replace(
+            image,
+            instances=gt.instances(shapes[image.file_name], categories, image.width, image.height),
+        )
+        for image in export.images
+        if image.file_name in shapes
+    }

@@ -16,7 +16,9 @@ Either way the handler gets a zip path and treats it the same: safe unpack,
 then conversion. A message naming a CVAT project and no task (``task_id`` 0,
 ``project_id`` set) gets one archive per task with completed jobs or an
 accepted Ground Truth job, and those Ground Truth jobs' frames and shapes
-(``Archive.parts``, ``services.exporter.project``, ``ground_truth``).
+(``Archive.parts``, ``services.exporter.project``, ``ground_truth``). A task by
+itself (``train --task``) brings its own accepted Ground Truth job, if it has
+one with shapes and is not a video (``Archive.ground_truth``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from preannotate.cvat.export import ExportLimits, StatusCallback, export_task
 from preannotate.errors import FailedPrecondition, InvalidArgument, NotFound
 from preannotate.v1 import common_pb2
 from services.exporter import ground_truth as gt
-from services.exporter.project import TaskPart, completed_ranges, frames_in
+from services.exporter.project import TaskPart, completed_ranges, frames_in, is_video
 from services.exporter.settings import ExporterSettings
 
 
@@ -45,6 +47,8 @@ class Archive:
     describe: str
     #: A project's tasks (``path`` is then their folder): merged by ``project.merge``.
     parts: tuple[TaskPart, ...] = ()
+    #: One task's accepted Ground Truth job with shapes (``project.with_ground_truth``).
+    ground_truth: gt.GroundTruth | None = None
 
 
 def export_limits(settings: ExporterSettings) -> ExportLimits:
@@ -99,20 +103,35 @@ async def fetch_archive(
         return Archive(path, {"kind": "file", "url": cvat.url}, f"file {path}")
     if is_project_source(cvat):
         return await fetch_project(cvat, settings, work, on_status=on_status, cancelled=cancelled)
+    task_id = cvat.task_id
+    unused: list[str] = []
     async with connect(settings, cvat) as client:
         path = await export_task(
             client,
-            cvat.task_id,
+            task_id,
             work / "export.zip",
             export_limits(settings),
             on_status=on_status,
             cancelled=cancelled,
         )
+        listed = await client.paged("/api/jobs", {"task_id": task_id, "type": "ground_truth"})
+        accepted, pending = gt.split_jobs(listed)
+        unused += [f"{j.get('id')} (not accepted yet)" for j in pending]
+        truth = None
+        if task_id in accepted:
+            meta = await client.data_meta(task_id)
+            if is_video(meta):
+                unused.append(f"{accepted[task_id].get('id')} (a video task)")
+            else:
+                truth = await _usable_ground_truth(client, accepted[task_id], meta, unused)
     config = client.config
-    source: dict[str, str | int] = {"kind": "cvat", "url": config.url, "task_id": cvat.task_id}
+    source: dict[str, str | int] = {"kind": "cvat", "url": config.url, "task_id": task_id}
+    _ground_truth_source(source, [truth.job_id] if truth else [], unused)
     if config.organization:
         source["organization"] = config.organization
-    return Archive(path, source, f"CVAT task {cvat.task_id}")
+    describe = f"CVAT task {task_id}"
+    describe += f" (ground truth job {truth.job_id})" if truth else ""
+    return Archive(path, source, describe, ground_truth=truth)
 
 
 async def fetch_project(
@@ -154,10 +173,7 @@ async def fetch_project(
             meta = await client.data_meta(task_id)
             truth = None
             if task_id in accepted:
-                truth = await _ground_truth(client, accepted[task_id], meta)
-                if not truth.shapes:
-                    unused.append(f"{truth.job_id} (no shapes)")
-                    truth = None
+                truth = await _usable_ground_truth(client, accepted[task_id], meta, unused)
             keep = frames_in(meta, ranges.get(task_id, []), task_id)
             parts.append(TaskPart(task_id, path, keep, truth))
     config = client.config
@@ -169,10 +185,7 @@ async def fetch_project(
         "completed_jobs": len(jobs),
     }
     used = [p.ground_truth.job_id for p in parts if p.ground_truth]
-    if used:
-        source["ground_truth_jobs"] = ",".join(map(str, used))
-    if unused:
-        source["ground_truth_jobs_unused"] = ", ".join(unused)
+    _ground_truth_source(source, used, unused)
     if config.organization:
         source["organization"] = config.organization
     describe = f"CVAT project {project} ({len(jobs)} completed jobs in {len(parts)} tasks"
@@ -180,12 +193,25 @@ async def fetch_project(
     return Archive(work, source, describe, tuple(parts))
 
 
-async def _ground_truth(
-    client: CvatClient, job: Mapping[str, Any], task_meta: Mapping[str, Any]
-) -> gt.GroundTruth:
-    """An accepted Ground Truth job's frames and shapes, as CVAT answers them."""
+def _ground_truth_source(source: dict[str, str | int], used: list[int], unused: list[str]) -> None:
+    """The manifest's ``source`` fields on Ground Truth jobs: those used, those not and why."""
+    if used:
+        source["ground_truth_jobs"] = ",".join(map(str, used))
+    if unused:
+        source["ground_truth_jobs_unused"] = ", ".join(unused)
+
+
+async def _usable_ground_truth(
+    client: CvatClient, job: Mapping[str, Any], task_meta: Mapping[str, Any], unused: list[str]
+) -> gt.GroundTruth | None:
+    """An accepted Ground Truth job's frames and shapes, as CVAT answers them; None
+    (and the reason in ``unused``) when it holds no shape."""
     job_id, task_id = job["id"], job["task_id"]
     job_meta = await client.request("GET", f"/api/jobs/{job_id}/data/meta")
     annotations = await client.job_annotations(job_id)
     labels = await client.labels(task_id)
-    return gt.read(job, task_meta, job_meta, annotations, labels)
+    truth = gt.read(job, task_meta, job_meta, annotations, labels)
+    if not truth.shapes:
+        unused.append(f"{truth.job_id} (no shapes)")
+        return None
+    return truth

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from preannotate.errors import FailedPrecondition
+from preannotate.v1 import common_pb2, events_pb2
 from services.exporter import ground_truth as gt
 from services.exporter.coco import Category, CocoExport, ImageRecord
 from services.exporter.project import evaluation_frames, merge
@@ -79,6 +80,48 @@ async def test_a_ground_truth_job_not_accepted_leaves_the_split_by_file_name(
     local = storage.root / PREFIX.format("gt-2")
     both = records(sorted(local.glob("*.tfrecord")))
     assert len(both) == 16  # the annotation jobs' frames, each once, as before
+
+
+async def test_a_task_by_itself_brings_its_own_accepted_ground_truth_job(
+    cvat, ctx, storage, make_settings
+):
+    """``train --task N``: the task's accepted Ground Truth job is the validation split,
+    file names as the task's export has them; a pending one in another task is not
+    asked for, and a task without one keeps the split by file name."""
+    from services.exporter.handlers import handle_task_annotated
+
+    tasks, names = annotated_project(cvat)
+    square = [{"frame": 2, "label": "square", "type": "rectangle", "points": [4, 4, 30, 20]}]
+    job = cvat.add_gt_job(tasks[0], [2, 5], square, state="completed", stage="acceptance")
+    cvat.add_gt_job(tasks[1], [1], state="new")  # the other task's, not this one's
+    settings = make_settings(cvat_url=cvat.url, export_val_fraction=0.5)
+
+    def task_message(task_id: int, job_id: str) -> events_pb2.TaskAnnotated:
+        return events_pb2.TaskAnnotated(
+            job_id=job_id,
+            namespace="default",
+            cvat=common_pb2.CvatRef(url=cvat.url, task_id=task_id),
+            training=common_pb2.TrainingSpec(model_type="ssd-mobilenet-v2-coco"),
+        )
+
+    outcome = await handle_task_annotated(task_message(tasks[0], "gt-t"), ctx, settings=settings)
+    assert (outcome.emits[0].message.train.images, outcome.emits[0].message.val.images) == (6, 2)
+    manifest = json.loads(storage.get(PREFIX.format("gt-t") + "manifest.json"))
+    assert manifest["splits"]["val"]["source"] == "cvat-ground-truth"
+    assert manifest["source"]["task_id"] == tasks[0]
+    assert manifest["source"]["ground_truth_jobs"] == str(job["id"])
+    assert "ground_truth_jobs_unused" not in manifest["source"]
+    local = storage.root / PREFIX.format("gt-t")
+    val = records(sorted(local.glob("val-*.tfrecord")))
+    train = records(sorted(local.glob("train-*.tfrecord")))
+    assert val == {names[0][2]: ["square"], names[0][5]: []}  # the GT job's shapes, none on 5
+    assert set(train) == set(names[0]) - {names[0][2], names[0][5]}
+
+    await handle_task_annotated(task_message(tasks[1], "gt-u"), ctx, settings=settings)
+    manifest = json.loads(storage.get(PREFIX.format("gt-u") + "manifest.json"))
+    assert manifest["splits"]["val"]["source"] == "file-name-hash"
+    assert manifest["source"]["ground_truth_jobs_unused"].endswith("(not accepted yet)")
+    assert "ground_truth_jobs" not in manifest["source"]
 
 
 async def handle(cvat, ctx, settings, job_id):

@@ -129,7 +129,7 @@ def _convert(
         export = read_export(unpacked, settings.export_max_image_pixels)
         truth = archive.ground_truth
         if truth is not None:  # a task by itself with its accepted Ground Truth job
-            export = project.with_ground_truth(truth.task_id, export, truth)
+            export = project.with_ground_truth(export, truth)
             options = replace(options, val_files=frozenset(truth.frames))
     result = convert_export(export, work / "dataset", options, source=what, progress=progress)
     shutil.rmtree(unpacked, ignore_errors=True)

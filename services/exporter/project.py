@@ -122,7 +122,7 @@ def merge(
                 f"task {task_id} has the labels {theirs} and task {first_task} {names}: the "
                 "tasks of a retrained project must share the project's labels"
             )
-        truth_images = _truth_images(task_id, export, truths.get(task_id))
+        truth_images = _truth_images(export, truths.get(task_id))
         for image in export.images:
             if image.file_name in truth_images:
                 image = truth_images[image.file_name]
@@ -134,16 +134,14 @@ def merge(
     return CocoExport(first.categories, tuple(sorted(images, key=lambda i: i.file_name)))
 
 
-def with_ground_truth(task_id: int, export: CocoExport, truth: gt.GroundTruth) -> CocoExport:
+def with_ground_truth(export: CocoExport, truth: gt.GroundTruth) -> CocoExport:
     """One task's export (``train --task``) with its Ground Truth frames labelled by the
     Ground Truth job's shapes; file names unchanged."""
-    truth_images = _truth_images(task_id, export, truth)
+    truth_images = _truth_images(export, truth)
     return replace(export, images=tuple(truth_images.get(i.file_name, i) for i in export.images))
 
 
-def _truth_images(
-    task_id: int, export: CocoExport, truth: gt.GroundTruth | None
-) -> dict[str, ImageRecord]:
+def _truth_images(export: CocoExport, truth: gt.GroundTruth | None) -> dict[str, ImageRecord]:
     """The task's Ground Truth frames with the Ground Truth job's shapes, by file name."""
     if truth is None:
         return {}
@@ -151,7 +149,7 @@ def _truth_images(
     missing = set(shapes) - {image.file_name for image in export.images}
     if missing:
         raise FailedPrecondition(
-            f"ground truth job {truth.job_id} of task {task_id} names frames its export "
+            f"ground truth job {truth.job_id} of task {truth.task_id} names frames its export "
             f"lacks: {sorted(missing)[:5]}"
         )
     categories = {c.name: c.coco_id for c in export.categories}

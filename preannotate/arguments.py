@@ -31,6 +31,7 @@ from typing import Any, Literal
 from preannotate.catalog import (
     AUTO_INPUT_MAX,
     BOOL,
+    CHOICE,
     FLOAT,
     INT,
     INT_OR_AUTO,
@@ -65,6 +66,7 @@ class Arguments:
     checkpoint_every: int | None = None
     eval: bool | None = None
     pretrained: bool | None = None
+    optimizer: str | None = None
     schedule_step_1: int | None = None
     schedule_lr_1: float | None = None
     schedule_step_2: int | None = None
@@ -119,6 +121,8 @@ class Plan:
     #: Start from the model type's published weights (the ``pretrained`` key;
     #: a base model still wins). False: random start.
     pretrained: bool = True
+    #: "sgd" (momentum 0.9) or "adam".
+    optimizer: str = "sgd"
     #: (step, learning rate) boundaries after warm-up; empty: constant.
     schedule: tuple[tuple[int, float], ...] = ()
     stages: tuple[Stage, ...] = ()
@@ -141,6 +145,7 @@ class Plan:
             "steps_source": self.steps_source,
             "batch_size": str(self.batch_size),
             "learning_rate": f"{self.learning_rate:g}",
+            "optimizer": self.optimizer,
             "num_clones": str(self.num_clones),
             "input_size": str(self.input_size),
             "input_size_source": self.input_size_source,
@@ -175,6 +180,12 @@ def _range_text(spec: ArgumentSpec) -> str:
 
 def _parse_value(spec: ArgumentSpec, raw_key: str, raw: str, model: str) -> Any:
     value = raw.strip()
+    if spec.kind == CHOICE:
+        if value.lower() not in spec.choices:
+            raise InvalidArgument(
+                f"{raw_key}={value!r} is not one of {', '.join(spec.choices)}: use one of them"
+            )
+        return value.lower()
     if spec.kind == BOOL:
         low = value.lower()
         if low in _TRUE:
@@ -480,6 +491,7 @@ def resolve(
         checkpoint_every=args.checkpoint_every,
         evaluate=True if args.eval is None else bool(args.eval),
         pretrained=True if args.pretrained is None else bool(args.pretrained),
+        optimizer=args.optimizer or "sgd",
         schedule=tuple(schedule),
         stages=stages,
         first_stage_max_proposals=(

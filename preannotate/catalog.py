@@ -32,7 +32,8 @@ INT = "int"
 FLOAT = "float"
 BOOL = "bool"
 INT_OR_AUTO = "int or auto"
-KINDS = (INT, FLOAT, BOOL, INT_OR_AUTO)
+CHOICE = "choice"
+KINDS = (INT, FLOAT, BOOL, INT_OR_AUTO, CHOICE)
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,14 @@ class ArgumentSpec:
     maximum: float | None = None
     #: Other spellings the seed accepted (``num_steps`` for ``epochs``).
     aliases: tuple[str, ...] = ()
+    #: The values a ``CHOICE`` key takes, lower case.
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"argument {self.key!r}: kind {self.kind!r} is not one of {KINDS}")
+        if (self.kind == CHOICE) != bool(self.choices):
+            raise ValueError(f"argument {self.key!r}: choices go with kind {CHOICE!r} only")
 
     def to_proto(self):
         from preannotate.v1 import training_pb2
@@ -251,6 +256,14 @@ def _common_arguments(
             BOOL,
             "true",
             "start from the model type's published weights; false: random start",
+        ),
+        ArgumentSpec(
+            "optimizer",
+            CHOICE,
+            "sgd",
+            "sgd (momentum 0.9) or adam; from a random start adam learns in fewer steps "
+            "(docs/benchmarks.md); adam takes a learning rate about 10 times smaller",
+            choices=("sgd", "adam"),
         ),
     )
 

@@ -61,6 +61,7 @@ def test_empty_string_takes_every_default():
         ("initial_learning_rate=inf", SSD, 0, ["not a number"]),
         ("initial_learning_rate=-1", SSD, 0, ["out of range"]),
         ("eval=maybe", SSD, 0, ["eval='maybe'", "true or false"]),
+        ("optimizer=rmsprop", SSD, 0, ["optimizer='rmsprop'", "not one of sgd, adam"]),
         ("epochs", SSD, 0, ["'epochs' has no value", "key=value"]),
         ("epochs=", SSD, 0, ["empty value"]),
         ("num_clones=2", SSD, 0, ["num_clones=2", "CPU machine type", "num_clones=1 at most"]),
@@ -163,15 +164,17 @@ def test_plan_carries_every_key_given():
     text = (
         "epochs=40;batch_size=4;initial_learning_rate=0.02;warmup_steps=3;input_size=384;"
         "checkpoint_every=7;eval=false;schedule_step_1=10;schedule_lr_1=0.002;"
-        "first_stage_max_proposals=64;second_stage_batch_size=32"
+        "first_stage_max_proposals=64;second_stage_batch_size=32;optimizer=Adam"
     )
     plan = resolve(parse(text, FRCNN, machine_gpus=4, requested_gpus=2), FRCNN, 10)
+    assert plan.optimizer == "adam" and plan.details()["optimizer"] == "adam"
     assert (plan.steps, plan.batch_size, plan.learning_rate, plan.warmup_steps) == (40, 4, 0.02, 3)
     assert (plan.input_size, plan.checkpoint_every, plan.evaluate) == (384, 7, False)
     assert plan.schedule == ((10, 0.002),)
     assert (plan.first_stage_max_proposals, plan.second_stage_batch_size) == (64, 32)
     assert plan.num_clones == 2
     assert set(plan.user_arguments) == {k.split("=")[0] for k in text.split(";")}
+    assert resolve(parse("", FRCNN, machine_gpus=4), FRCNN, 10).optimizer == "sgd"
 
 
 def test_pretrained_is_on_by_default_and_every_model_takes_the_key():

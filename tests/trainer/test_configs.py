@@ -24,6 +24,7 @@ NON_DEFAULT = {
     "warmup_steps": "5",
     "checkpoint_every": "11",
     "eval": "false",
+    "optimizer": "adam",
     "schedule_step_1": "20",
     "schedule_lr_1": "0.001",
     "first_stage_max_proposals": "77",
@@ -120,6 +121,19 @@ def test_what_the_keys_set():
     assert params.runtime.num_gpus == 2 and task.model.norm_activation.use_sync_bn
     assert task.model.num_classes == 3 and task.init_checkpoint is None
     assert task.model.backbone.resnet.model_id == 50
+
+
+def test_adam_replaces_sgd_and_keeps_the_schedule():
+    entry = catalog.get("ssd-mobilenet-v2-coco")
+    text = "epochs=50;initial_learning_rate=0.001;schedule_step_1=40;schedule_lr_1=0.0001"
+    configs = {}
+    for name in ("sgd", "adam"):
+        plan = resolve(parse(f"{text};optimizer={name}", entry, machine_gpus=0), entry, 40)
+        configs[name] = build_experiment(entry, plan, _inputs(plan, entry)).trainer.optimizer_config
+    assert configs["sgd"].optimizer.type == "sgd" and configs["sgd"].optimizer.sgd.momentum == 0.9
+    assert configs["adam"].optimizer.type == "adam"
+    assert configs["adam"].learning_rate.as_dict() == configs["sgd"].learning_rate.as_dict()
+    assert configs["adam"].learning_rate.stepwise.values == [0.001, 0.0001]
 
 
 def test_lowp_keeps_fewer_proposals_than_frcnn():

@@ -137,14 +137,18 @@ def test_settings_are_frozen(ssd_run):
 
 def test_crops_of_frames_at_an_automatic_input_size(tmp_path):
     """input_size=auto from the manifest's frame sizes; crop_size steps; evaluated,
-    written and restorable at the input size, as the converter exports it."""
+    written and restorable at the input size, as the converter exports it; trained
+    with Adam, whose slots the checkpoint holds beside the model."""
 
     from preannotate.vision import experiment
 
     storage = LocalStorage(tmp_path / "storage")
     settings = cpu_settings(tmp_path)
     data = write_dataset(storage, train_images=4, val_images=2, size=250)
-    text = "input_size=auto;crop_size=128;epochs=2;batch_size=2;warmup_steps=1;pretrained=false"
+    text = (
+        "input_size=auto;crop_size=128;epochs=2;batch_size=2;warmup_steps=1;pretrained=false;"
+        "optimizer=adam;initial_learning_rate=0.001"
+    )
     ctx = FakeContext(storage)
     asyncio.run(
         handle_dataset_exported(
@@ -153,12 +157,14 @@ def test_crops_of_frames_at_an_automatic_input_size(tmp_path):
     )
     details = ctx.details()
     assert details["input_size"] == "256" and details["crop_size"] == "128"
+    assert details["optimizer"] == "adam"
     assert details["input_size_source"] == "auto from the frames' median longer side 250 px"
     prefix = model_prefix("default", "crops", 1)
     metrics = json.loads(storage.get(prefix + "metrics.json"))
     assert "mAP@0.5" in metrics["metrics"]
     params = experiment.load(storage.get(prefix + "experiment.yaml").decode())
     assert params.task.model.input_size == [256, 256, 3]
+    assert params.trainer.optimizer_config.optimizer.type == "adam"
     _restore(storage, prefix, params, 2, tmp_path / "restore")
 
 

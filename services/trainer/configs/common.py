@@ -41,7 +41,7 @@ def backbone(name: str) -> vision_configs.Backbone:
 
 
 def optimizer(plan: Plan) -> optimization.OptimizationConfig:
-    """SGD with momentum and the plan's learning rate schedule."""
+    """SGD with momentum (or Adam, Model Garden's defaults) and the plan's learning rate schedule."""
     lr = plan.learning_rate
     if plan.stages:
         boundary = sum(s.steps for s in plan.stages[:-1])
@@ -65,8 +65,9 @@ def optimizer(plan: Plan) -> optimization.OptimizationConfig:
         }
     else:
         schedule = {"type": "constant", "constant": {"learning_rate": lr}}
+    kind = plan.optimizer
     config = {
-        "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9}},
+        "optimizer": {"type": kind, kind: {"momentum": 0.9} if kind == "sgd" else {}},
         "learning_rate": schedule,
     }
     if plan.warmup_steps > 0:

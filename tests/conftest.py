@@ -43,6 +43,11 @@ S3_REGION = "us-east-1"
 S3_ACCESS_KEY = "testing"
 S3_SECRET_KEY = "testing"
 
+#: The test models are tiny and train a few steps: a few batches exercise the
+#: batch-norm recompute before their last checkpoint (services/trainer/batchnorm.py)
+#: at a fraction of the default 50's cost. Subprocesses inherit it.
+os.environ.setdefault("PREANNOTATE_TRAINER_NORM_BATCHES", "4")
+
 _NAME_PREFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 
 

@@ -310,7 +310,13 @@ def _train(
         summary_every=settings.trainer_summary_every,
         progress_seconds=settings.trainer_progress_seconds,
         resumed_from=resumed_from,
+        norm_batches=settings.trainer_norm_batches,
     )
+    if outcome.norms_recomputed:
+        details["batchnorm"] = (
+            f"{outcome.norms_recomputed} layers' averages from "
+            f"{settings.trainer_norm_batches} training batches"
+        )
     checkpoints.upload(storage, folder.checkpoints, prefix, uploaded, fence)
 
     raw: dict[str, float] = {}

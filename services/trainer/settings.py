@@ -37,6 +37,9 @@ class TrainerSettings(ServiceSettings):
     trainer_progress_seconds: float = Field(5.0, gt=0)
     #: Steps between TensorBoard points (loss, learning rate, images/s).
     trainer_summary_every: int = Field(10, ge=1)
+    #: Training batches whose batch-norm statistics replace the moving averages
+    #: before the last checkpoint (``services.trainer.batchnorm``; 0: keep the averages).
+    trainer_norm_batches: int = Field(50, ge=0)
     #: Validation images per replica per evaluation step.
     trainer_eval_batch_per_replica: int = Field(2, ge=1)
     #: Keep the local copies (dataset, checkpoints) of a finished job.

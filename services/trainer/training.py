@@ -36,7 +36,7 @@ from preannotate.arguments import Plan
 from preannotate.errors import Cancelled, FailedPrecondition, Interrupted
 from preannotate.telemetry.logging import get_logger
 from preannotate.vision.registry import register
-from services.trainer import stages
+from services.trainer import batchnorm, stages
 from services.trainer.initialisation import KERAS_H5, InitSpec
 from services.trainer.progress import ProgressClock, TrainProgress
 
@@ -61,6 +61,8 @@ class TrainOutcome:
     #: The step the run resumed from (None: it started fresh).
     resumed_from: int | None
     loss: float
+    #: Batch-norm layers whose averages were recomputed before the last checkpoint.
+    norms_recomputed: int = 0
 
 
 def make_strategy(num_clones: int) -> tf.distribute.Strategy:
@@ -289,8 +291,13 @@ class Session:
         summary_every: int = 10,
         progress_seconds: float = 5.0,
         resumed_from: int | None = None,
+        norm_batches: int = 0,
     ) -> TrainOutcome:
-        """Train from the current step to ``plan.steps``."""
+        """Train from the current step to ``plan.steps``.
+
+        Before the last checkpoint, the batch-norm averages are recomputed over
+        ``norm_batches`` training batches (``batchnorm.recompute``; 0: not).
+        """
         total = plan.steps
         step = self.step
         dataset = self.strategy.distribute_datasets_from_function(
@@ -309,6 +316,7 @@ class Session:
         last_saved = step if resumed_from is not None else None
         loss = math.nan
         first = True
+        norms = 0
         while step < total:
             if callbacks.should_stop():
                 raise Cancelled(f"cancelled at step {step} of {total}")
@@ -348,6 +356,8 @@ class Session:
                     tf.summary.scalar("learning_rate", lr)
                     tf.summary.scalar("images_per_second", images)
                 writer.flush()
+            if step == total and norm_batches:
+                norms = self.recompute_norms(iterator, norm_batches)
             if step % checkpoint_every == 0 or step == total:
                 self.manager.save(checkpoint_number=step)
                 last_saved = step
@@ -364,7 +374,26 @@ class Session:
         latest = self.manager.latest_checkpoint
         if latest is None:
             raise FailedPrecondition("training ended without a checkpoint")
-        return TrainOutcome(step, Path(latest), resumed_from, loss)
+        return TrainOutcome(step, Path(latest), resumed_from, loss, norms)
+
+    def recompute_norms(self, iterator, batches: int) -> int:
+        """The batch-norm averages from ``batches`` batches of ``iterator`` (training inputs)."""
+        task, model = self.train_task, self.model
+        started = time.monotonic()
+        layers = batchnorm.recompute(
+            model,
+            self.strategy,
+            lambda inputs: batchnorm.forward(task, model, inputs),
+            iterator,
+            batches,
+        )
+        get_logger(component="trainer").info(
+            "batch-norm averages recomputed",
+            layers=layers,
+            batches=batches,
+            seconds=round(time.monotonic() - started, 1),
+        )
+        return layers
 
     # --- evaluation ------------------------------------------------------------
 

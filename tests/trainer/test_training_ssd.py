@@ -158,6 +158,8 @@ def test_crops_of_frames_at_an_automatic_input_size(tmp_path):
     details = ctx.details()
     assert details["input_size"] == "256" and details["crop_size"] == "128"
     assert details["optimizer"] == "adam"
+    layers, rest = details["batchnorm"].split(" ", 1)  # PREANNOTATE_TRAINER_NORM_BATCHES=4
+    assert int(layers) > 50 and rest == "layers' averages from 4 training batches"
     assert details["input_size_source"] == "auto from the frames' median longer side 250 px"
     prefix = model_prefix("default", "crops", 1)
     metrics = json.loads(storage.get(prefix + "metrics.json"))

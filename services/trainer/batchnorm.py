@@ -31,13 +31,11 @@ def trainable_norms(model) -> list:
     A layer the model holds but never calls (some blocks build spares) has no
     averages yet: it is left out.
     """
-    seen: set[int] = set()
-    norms = []
-    for layer in model.submodules:
-        if isinstance(layer, _NORMS) and layer.trainable and layer.built and id(layer) not in seen:
-            seen.add(id(layer))
-            norms.append(layer)
-    return norms
+    return [  # submodules lists each module once
+        layer
+        for layer in model.submodules
+        if isinstance(layer, _NORMS) and layer.trainable and layer.built
+    ]
 
 
 def forward(task, model, inputs) -> None:

@@ -357,7 +357,7 @@ class Session:
                     tf.summary.scalar("images_per_second", images)
                 writer.flush()
             if step == total and norm_batches:
-                norms = self.recompute_norms(iterator, norm_batches)
+                norms = self._recompute_norms(iterator, norm_batches)
             if step % checkpoint_every == 0 or step == total:
                 self.manager.save(checkpoint_number=step)
                 last_saved = step
@@ -376,7 +376,7 @@ class Session:
             raise FailedPrecondition("training ended without a checkpoint")
         return TrainOutcome(step, Path(latest), resumed_from, loss, norms)
 
-    def recompute_norms(self, iterator, batches: int) -> int:
+    def _recompute_norms(self, iterator, batches: int) -> int:
         """The batch-norm averages from ``batches`` batches of ``iterator`` (training inputs)."""
         task, model = self.train_task, self.model
         started = time.monotonic()

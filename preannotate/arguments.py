@@ -32,6 +32,7 @@ from preannotate.catalog import (
     AUTO_INPUT_MAX,
     BOOL,
     CHOICE,
+    DEFAULT_CROP_OBJECTS,
     FLOAT,
     INT,
     INT_OR_AUTO,
@@ -75,6 +76,7 @@ class Arguments:
     second_stage_batch_size: int | None = None
     num_sampled_masks: int | None = None
     crop_size: int | None = None
+    crop_objects: float | None = None
     stage1_epochs: int | None = None
     stage2_epochs: int | None = None
     stage3_epochs: int | None = None
@@ -131,6 +133,8 @@ class Plan:
     num_sampled_masks: int = 0
     #: Training crops of this size cut from frames scaled to ``input_size`` (0: whole frames).
     crop_size: int = 0
+    #: Share of those crops centred near an object (0 without crops).
+    crop_objects: float = 0.0
     #: How ``input_size`` was chosen: "default", "user", "auto from ...".
     input_size_source: str = "default"
     train_images: int = 0
@@ -153,6 +157,7 @@ class Plan:
         }
         if self.crop_size:
             out["crop_size"] = str(self.crop_size)
+            out["crop_objects"] = f"{self.crop_objects:g}"
         if self.stages:
             out["stages"] = ", ".join(
                 f"{s.number}: {s.trains} {s.epochs} epochs = {s.steps} steps" for s in self.stages
@@ -351,6 +356,11 @@ def _check_cross(entry: ModelEntry, values: dict[str, Any], num_clones: int) -> 
                 f"crop_size={crop} must be below input_size={whole}: crops are cut from frames "
                 f"scaled to input_size; drop crop_size to train on whole frames"
             )
+    if values.get("crop_objects") is not None and crop is None:
+        raise InvalidArgument(
+            "crop_objects places training crops and needs crop_size: add crop_size "
+            "(e.g. crop_size=256 with input_size=auto) or drop crop_objects"
+        )
     for k in (1, 2):
         step, lr = values.get(f"schedule_step_{k}"), values.get(f"schedule_lr_{k}")
         if (step is None) != (lr is None):
@@ -398,7 +408,7 @@ def _input_size(args: Arguments, entry: ModelEntry, median_long_side: int) -> tu
     size = auto_input_size(entry, median_long_side)
     source = f"auto from the frames' median longer side {median_long_side} px"
     if crop and crop >= size:
-        source += f"; crop_size={crop} not below it, so whole frames"
+        source += f"; crop_size={crop} not below it, so whole frames (no crop_objects)"
         crop = 0
     return size, source, crop
 
@@ -504,6 +514,11 @@ def resolve(
         ),
         num_sampled_masks=(args.num_sampled_masks or 128) if entry.has_masks else 0,
         crop_size=crop,
+        crop_objects=(
+            (DEFAULT_CROP_OBJECTS if args.crop_objects is None else args.crop_objects)
+            if crop
+            else 0.0
+        ),
         train_images=dataset_images,
         user_arguments=args.as_dict(),
     )

@@ -290,6 +290,10 @@ _SCHEDULE = (
 )
 
 
+#: The share of training crops centred on objects when crop_size is given and
+#: crop_objects is not (docs/benchmarks.md, "Crops centred on objects").
+DEFAULT_CROP_OBJECTS = 0.5
+
 _CROP = (
     ArgumentSpec(
         "crop_size",
@@ -300,6 +304,15 @@ _CROP = (
         "(small objects in large frames); a multiple of 128, below input_size",
         minimum=128,
         maximum=2048,
+    ),
+    ArgumentSpec(
+        "crop_objects",
+        FLOAT,
+        f"{DEFAULT_CROP_OBJECTS:g} with crop_size",
+        "share of the training crops centred near one of the frame's objects (the rest "
+        "fall anywhere): more objects per step; needs crop_size",
+        minimum=0.0,
+        maximum=1.0,
     ),
 )
 

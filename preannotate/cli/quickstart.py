@@ -151,7 +151,8 @@ async def _run(args: argparse.Namespace, console) -> int:
         (work / "heldout-scores.json").write_text(json.dumps(scores, indent=2))
         console.print(
             f"[bold]held-out mAP@0.5: {scores['mAP@0.5']:.3f}[/bold] "
-            f"(mAP {scores['mAP']:.3f}, {scores['detections']} detections at score >= {args.threshold})"
+            f"(mAP {scores['mAP']:.3f}, whatever the class {scores['any_class_AP@0.5']:.3f}, "
+            f"{scores['detections']} detections at score >= {args.threshold})"
         )
         console.print(f"CVAT-importable COCO 1.0 of the predictions: {bundle}")
     model = converted.model

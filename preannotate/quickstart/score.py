@@ -14,9 +14,13 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
     """COCO mAP, mAP@0.5 and the AP of each object size of the predictions file (COCO
     1.0 with ``score``s). Sizes are COCO's: small under 32² pixels of the original
     image, medium under 96², large above; ``AP_<size>@0.5`` is -1 when the truth has
-    no object of that size."""
+    no object of that size.
+
+    Two figures tell finding objects from naming them: ``AP@0.5_by_class`` (each
+    class's AP@0.5, -1 for a class absent from the truth) and ``any_class_AP@0.5``,
+    the AP@0.5 with every object and detection of one class, so a box on an object
+    counts whatever class it says."""
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO(str(truth_file))
@@ -43,25 +47,48 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
                 "AP_small@0.5": 0.0,
                 "AP_medium@0.5": 0.0,
                 "AP_large@0.5": 0.0,
+                "AP@0.5_by_class": {name: 0.0 for name in cats},
+                "any_class_AP@0.5": 0.0,
                 "detections": 0,
             }
-        evaluation = COCOeval(truth, truth.loadRes(detections), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
+        evaluation = _evaluate(truth, detections)
+        one = dict(truth.dataset, categories=[{"id": 1, "name": "any"}])
+        one["annotations"] = [dict(a, category_id=1) for a in truth.dataset["annotations"]]
+        any_class = COCO()
+        any_class.dataset = one
+        any_class.createIndex()
+        any_class_ap = _evaluate(any_class, [dict(d, category_id=1) for d in detections]).stats[1]
     # precision[iou, recall, class, area, max_dets]: IoU 0.5, an area, 100 detections.
     at_half = {}
     for index, area in ((1, "small"), (2, "medium"), (3, "large")):
         values = evaluation.eval["precision"][0, :, :, index, -1]
         values = values[values > -1]
         at_half[f"AP_{area}@0.5"] = float(values.mean()) if values.size else -1.0
+    by_class = {}
+    for index, cat_id in enumerate(evaluation.params.catIds):
+        values = evaluation.eval["precision"][0, :, index, 0, -1]
+        values = values[values > -1]
+        by_class[truth.cats[cat_id]["name"]] = float(values.mean()) if values.size else -1.0
     return {
         "mAP": float(evaluation.stats[0]),
         "mAP@0.5": float(evaluation.stats[1]),
         "AP_small": float(evaluation.stats[3]),
         **at_half,
+        "AP@0.5_by_class": by_class,
+        "any_class_AP@0.5": float(any_class_ap),
         "detections": len(detections),
     }
+
+
+def _evaluate(truth, detections: list[dict]):
+    """pycocotools' box evaluation of ``detections`` against ``truth`` (a ``COCO``)."""
+    from pycocotools.cocoeval import COCOeval
+
+    evaluation = COCOeval(truth, truth.loadRes(detections), "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return evaluation
 
 
 def zip_folder(root: Path, out: Path) -> Path:

@@ -14,4 +14,6 @@ Importing this package imports nothing heavy; its modules import TensorFlow and
   re-typed to this package's classes), ``dump(params)`` / ``load(text)`` of
   ``experiment.yaml``, so the converter rebuilds exactly the trained model.
 - ``preannotate.vision.backbones``: the two backbone builders.
+- ``preannotate.vision.crops``: Model Garden's RetinaNet task with training crops
+  centred on objects (the parser's ``crop_objects``).
 """

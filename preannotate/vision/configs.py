@@ -53,8 +53,28 @@ class RetinaNet(retinanet_cfg.RetinaNet):
 
 
 @dataclasses.dataclass
+class RetinaNetParser(retinanet_cfg.Parser):
+    """Model Garden's parser settings plus where training crops fall (``crops.py``)."""
+
+    #: Share of training crops centred near one of the frame's objects; the rest fall
+    #: anywhere in the scaled frame, as Model Garden cuts them.
+    crop_objects: float = 0.0
+
+
+@dataclasses.dataclass
+class RetinaNetData(retinanet_cfg.DataConfig):
+    parser: RetinaNetParser = dataclasses.field(default_factory=RetinaNetParser)
+
+
+@dataclasses.dataclass
 class RetinaNetTask(retinanet_cfg.RetinaNetTask):
     model: RetinaNet = dataclasses.field(default_factory=RetinaNet)
+    train_data: RetinaNetData = dataclasses.field(
+        default_factory=lambda: RetinaNetData(is_training=True)
+    )
+    validation_data: RetinaNetData = dataclasses.field(
+        default_factory=lambda: RetinaNetData(is_training=False)
+    )
 
 
 @dataclasses.dataclass

@@ -24,14 +24,14 @@ def register() -> None:
         from official.core import task_factory
         from official.vision import registry_imports  # noqa: F401
         from official.vision.modeling.backbones import factory
-        from official.vision.tasks import maskrcnn, retinanet
+        from official.vision.tasks import maskrcnn
 
-        from preannotate.vision import backbones, configs
+        from preannotate.vision import backbones, configs, crops
 
         factory.register_backbone_builder(configs.INCEPTION_RESNET_V2)(
             backbones.build_inception_resnet_v2
         )
         factory.register_backbone_builder(configs.NASNET)(backbones.build_nasnet)
-        task_factory.register_task_cls(configs.RetinaNetTask)(retinanet.RetinaNetTask)
+        task_factory.register_task_cls(configs.RetinaNetTask)(crops.RetinaNetTask)
         task_factory.register_task_cls(configs.MaskRCNNTask)(maskrcnn.MaskRCNNTask)
         _done = True

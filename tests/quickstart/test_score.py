@@ -39,3 +39,26 @@ def test_each_size_is_scored_on_its_own(tmp_path):
     assert scores["AP_small@0.5"] == scores["AP_large@0.5"] == pytest.approx(1.0)
     assert scores["AP_medium@0.5"] == 0.0
     assert 0.6 < scores["mAP@0.5"] < 0.7  # two of three objects at full precision
+
+
+def test_finding_an_object_is_scored_apart_from_naming_it(tmp_path):
+    classes = [{"id": 1, "name": "star"}, {"id": 2, "name": "ring"}, {"id": 3, "name": "kite"}]
+    truth = _coco([BOXES["small"], BOXES["large"]], scores=False)
+    truth["categories"] = classes
+    truth["annotations"][1]["category_id"] = 2
+    # Both objects found in the right place, the ring called a star with more confidence.
+    found = _coco([BOXES["small"], BOXES["large"]], scores=True)
+    found["categories"] = classes
+    found["annotations"][1]["score"] = 0.95
+    paths = tmp_path / "truth.json", tmp_path / "found.json"
+    for path, data in zip(paths, (truth, found), strict=True):
+        path.write_text(json.dumps(data))
+    scores = coco_map(*paths)
+    assert scores["any_class_AP@0.5"] == pytest.approx(1.0)
+    by_class = scores["AP@0.5_by_class"]
+    assert by_class["star"] == pytest.approx(
+        0.5, abs=0.02
+    )  # the surer star is wrong: precision 0.5 at full recall
+    assert by_class["ring"] == 0.0
+    assert by_class["kite"] == -1.0  # no kite in the truth
+    assert scores["mAP@0.5"] == pytest.approx((by_class["star"] + by_class["ring"]) / 2)

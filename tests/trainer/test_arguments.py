@@ -241,7 +241,21 @@ def test_crop_size_is_kept_in_the_plan_and_its_details():
     plan = resolve(parse("input_size=768;crop_size=256", SSD, machine_gpus=0), SSD, 10)
     assert (plan.input_size, plan.crop_size) == (768, 256)
     assert plan.details()["crop_size"] == "256"
+    assert plan.details()["crop_objects"] == "0.5"  # the default share with crops
     assert "crop_size" not in resolve(parse("", SSD, machine_gpus=0), SSD, 10).details()
+    plan = resolve(
+        parse("input_size=768;crop_size=256;crop_objects=0", SSD, machine_gpus=0), SSD, 10
+    )
+    assert plan.crop_objects == 0.0 and plan.details()["crop_objects"] == "0"
+
+
+def test_crop_objects_needs_crops():
+    with pytest.raises(
+        InvalidArgument, match="crop_objects places training crops and needs crop_size"
+    ):
+        parse("input_size=768;crop_objects=0.5", SSD, machine_gpus=0)
+    with pytest.raises(InvalidArgument, match=r"crop_objects=1\.5 is out of range"):
+        parse("input_size=768;crop_size=256;crop_objects=1.5", SSD, machine_gpus=0)
 
 
 @pytest.mark.parametrize(
@@ -272,5 +286,6 @@ def test_auto_input_size_not_above_the_crop_trains_whole_frames():
     args = parse("input_size=auto;crop_size=256", SSD, machine_gpus=0)
     plan = resolve(args, SSD, 10, median_long_side=250)
     assert (plan.input_size, plan.crop_size) == (256, 0)
-    assert "crop_size=256 not below it, so whole frames" in plan.input_size_source
+    assert "crop_size=256 not below it, so whole frames (no crop_objects)" in plan.input_size_source
+    assert plan.crop_objects == 0.0
     assert resolve(args, SSD, 10, median_long_side=700).crop_size == 256

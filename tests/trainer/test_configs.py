@@ -74,8 +74,9 @@ def _value(entry, key: str) -> str:
 
 
 # Keys that change how the model starts, not its experiment (tests/trainer/test_initialisation.py),
-# and crop_size, which changes the experiment the training steps run (its own test below).
-NOT_IN_EXPERIMENT = {"pretrained", "crop_size"}
+# and crop_size and crop_objects, which change the experiment the training steps run
+# (their own test below).
+NOT_IN_EXPERIMENT = {"pretrained", "crop_size", "crop_objects"}
 
 
 def _cases():
@@ -196,5 +197,10 @@ def test_crops_train_at_the_crop_size_with_frames_scaled_as_at_input_size():
         (1.0, 3 * whole.aug_scale_max)
     )
     assert view.task.validation_data == params.task.validation_data
+    assert (parser.crop_objects, whole.crop_objects) == (catalog.DEFAULT_CROP_OBJECTS, 0.0)
+    given = resolve(
+        parse("input_size=768;crop_size=256;crop_objects=0.8", entry, machine_gpus=0), entry, 40
+    )
+    assert common.training_view(params, given).task.train_data.parser.crop_objects == 0.8
     plain = resolve(parse("input_size=768", entry, machine_gpus=0), entry, 40)
     assert common.training_view(params, plain) is params

@@ -157,6 +157,7 @@ def test_crops_of_frames_at_an_automatic_input_size(tmp_path):
     )
     details = ctx.details()
     assert details["input_size"] == "256" and details["crop_size"] == "128"
+    assert details["crop_objects"] == "0.5"  # the default with crops: preannotate.vision.crops
     assert details["optimizer"] == "adam"
     layers, rest = details["batchnorm"].split(" ", 1)  # PREANNOTATE_TRAINER_NORM_BATCHES=4
     assert int(layers) > 50 and rest == "layers' averages from 4 training batches"

@@ -136,7 +136,8 @@ def training_view(params, plan: Plan):
     frames at input_size, where it is evaluated and exported, with the usual jitter):
     steps cost as at crop_size, small objects keep their size, large ones are seen
     whole too (with the input's scale only, their AP fell from 0.36 to 0.10 on
-    bench/datasets/mixed.py; docs/benchmarks.md).
+    bench/datasets/mixed.py; docs/benchmarks.md). ``plan.crop_objects`` of the crops
+    are centred near an object (``preannotate.vision.crops``).
     """
     if not plan.crop_size:
         return params
@@ -148,6 +149,7 @@ def training_view(params, plan: Plan):
     parser = view.task.train_data.parser
     parser.aug_scale_min = 1.0
     parser.aug_scale_max = parser.aug_scale_max * ratio
+    parser.crop_objects = plan.crop_objects  # crop_size is a RetinaNet argument only
     view.lock()
     return view
 

@@ -58,26 +58,32 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
         any_class.dataset = one
         any_class.createIndex()
         any_class_ap = _evaluate(any_class, [dict(d, category_id=1) for d in detections]).stats[1]
-    # precision[iou, recall, class, area, max_dets]: IoU 0.5, an area, 100 detections.
-    at_half = {}
-    for index, area in ((1, "small"), (2, "medium"), (3, "large")):
-        values = evaluation.eval["precision"][0, :, :, index, -1]
-        values = values[values > -1]
-        at_half[f"AP_{area}@0.5"] = float(values.mean()) if values.size else -1.0
-    by_class = {}
-    for index, cat_id in enumerate(evaluation.params.catIds):
-        values = evaluation.eval["precision"][0, :, index, 0, -1]
-        values = values[values > -1]
-        by_class[truth.cats[cat_id]["name"]] = float(values.mean()) if values.size else -1.0
+    # precision[iou, recall, class, area, max_dets]: IoU 0.5, 100 detections; area 0 is all.
+    at_half = evaluation.eval["precision"][0, :, :, :, -1]
+    by_size = {
+        f"AP_{area}@0.5": _mean_precision(at_half[:, :, index])
+        for index, area in ((1, "small"), (2, "medium"), (3, "large"))
+    }
+    by_class = {
+        truth.cats[cat_id]["name"]: _mean_precision(at_half[:, index, 0])
+        for index, cat_id in enumerate(evaluation.params.catIds)
+    }
     return {
         "mAP": float(evaluation.stats[0]),
         "mAP@0.5": float(evaluation.stats[1]),
         "AP_small": float(evaluation.stats[3]),
-        **at_half,
+        **by_size,
         "AP@0.5_by_class": by_class,
         "any_class_AP@0.5": float(any_class_ap),
         "detections": len(detections),
     }
+
+
+def _mean_precision(values) -> float:
+    """The mean of pycocotools' precisions, leaving out its -1s (nothing to find); -1
+    when nothing is left."""
+    values = values[values > -1]
+    return float(values.mean()) if values.size else -1.0
 
 
 def _evaluate(truth, detections: list[dict]):

@@ -109,7 +109,7 @@ class RetinaNetTask(retinanet.RetinaNetTask):
     when its parser config asks for object crops."""
 
     def build_inputs(self, params, input_context=None):
-        share = getattr(params.parser, "crop_objects", 0.0)
+        share = params.parser.crop_objects  # configs.RetinaNetData's parser has it
         if not params.is_training or not share:
             return super().build_inputs(params, input_context)
         if params.tfds_name or params.decoder.type != "simple_decoder":

@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.trainer.throughput --steps 10 --input-size 128 --batch-size 8
     .venv/bin/python -m bench.trainer.throughput --num-clones 4  # on a machine with 4 GPUs
     .venv/bin/python -m bench.trainer.throughput --s3-endpoint http://127.0.0.1:9000
+    .venv/bin/python -m bench.trainer.throughput --precision bfloat16  # Keras mixed precision
 
 It writes a dataset in the exporter's layout into storage (a local folder, or
 an S3 bucket with ``--s3-endpoint``), downloads it the way the trainer does
@@ -19,6 +20,11 @@ process and with the same compiled step, times
 The two alternate in blocks after a warm-up, so drift in the machine's load
 hits both. The ratio pipeline / synthetic should be at least 0.95: below that
 the input pipeline, not the model, limits training. Peak RSS is the process's.
+
+``--precision`` sets Model Garden's ``runtime.mixed_precision_dtype`` and the
+Keras policy it implies (``bfloat16``: layers compute in bfloat16, variables stay
+float32). The trainer itself trains in float32; this measures whether the
+other is worth it on the machine at hand (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--batch-size", type=int, default=24, help="images per step over all clones (catalog: 24)"
     )
     p.add_argument("--num-clones", type=int, default=1, help="GPUs (1 on a CPU)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="compute dtype of the layers (default float32, as the trainer)",
+    )
     p.add_argument("--images", type=int, default=64, help="training images in the dataset")
     p.add_argument("--image-size", type=int, default=320, help="pixels of the stored images")
     p.add_argument("--s3-endpoint", default="", help="use this S3 server instead of a folder")
@@ -123,6 +135,15 @@ def run(args: argparse.Namespace) -> dict:
             checkpoint_every=total,
         ),
     )
+    if args.precision != "float32":
+        from official.modeling import performance
+
+        from preannotate.vision import experiment
+
+        params = experiment.editable_copy(params)
+        params.runtime.mixed_precision_dtype = args.precision
+        params.lock()
+        performance.set_mixed_precision_policy(args.precision)
     strategy = training.make_strategy(plan.num_clones)
     session = training.Session(params, strategy, work / "model")
     task, train_data = session.task, params.task.train_data
@@ -162,6 +183,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": f"{plan.num_clones} GPU(s)" if gpus else "CPU",
         "gpus_visible": gpus,
         "num_clones": plan.num_clones,
+        "precision": args.precision,
         "input_size": plan.input_size,
         "batch_size": plan.batch_size,
         "steps_per_mode": args.steps,
@@ -182,6 +204,7 @@ def _table(result: dict) -> str:
         ("model", result["model"]),
         ("device", f"{result['device']} (clones {result['num_clones']})"),
         ("input size / batch", f"{result['input_size']} px / {result['batch_size']}"),
+        ("precision", result["precision"]),
         ("steps per mode", str(result["steps_per_mode"])),
         ("pipeline images/s", f"{ips['pipeline']:.2f}"),
         ("synthetic images/s", f"{ips['synthetic']:.2f}"),

@@ -7,6 +7,7 @@ import pytest
 
 from preannotate.storage import read_manifest
 from tests.converter import images
+from tests.converter.signatures import assert_same_detections
 
 pytestmark = [pytest.mark.tf, pytest.mark.timeout(1800)]
 
@@ -56,8 +57,7 @@ def test_masks_and_normalised_boxes_from_both_signatures(loaded):
     for i, blob in enumerate(data):
         pixels = tf.io.decode_image(blob, channels=3, expand_animations=False)
         by_tensor = loaded.signatures["serving_image_tensor"](inputs=pixels[None])
-        np.testing.assert_allclose(by_tensor["detection_boxes"][0], boxes[i], atol=1e-5)
-        np.testing.assert_allclose(by_tensor["detection_masks"][0], masks[i], atol=1e-4)
+        assert_same_detections(by_bytes, i, by_tensor, masks=True, tolerance=1e-4)
 
 
 def test_classes_csv_travels_in_the_assets(loaded, mask_converted):

@@ -28,6 +28,19 @@ HEADLINE = {
 }
 
 
+def batch_size(images: int, most: int) -> int:
+    """The evaluation batch: ``most``, or a divisor of ``images`` from ``most / 2`` up.
+
+    A last, partial batch has another shape, which makes TensorFlow trace the
+    whole model's evaluation step a second time; a batch that divides the
+    validation split avoids it (36 images, at most 8: batches of 6).
+    """
+    for size in range(most, (most + 1) // 2 - 1, -1):
+        if size > 0 and images % size == 0:
+            return size
+    return most
+
+
 def numeric_source_ids(files: Sequence[Path]) -> bool:
     """Whether every record of ``files`` has a distinct decimal image/source_id."""
     import tensorflow as tf

@@ -391,7 +391,9 @@ def _experiment(
         val_pattern=data.val_pattern if data.val_files else data.train_pattern,
         annotation_file=annotation,
         regenerate_source_id=regenerate,
-        eval_batch_size=settings.trainer_eval_batch_per_replica * plan.num_clones,
+        eval_batch_size=evaluation.batch_size(
+            request.val_images, settings.trainer_eval_batch_per_replica * plan.num_clones
+        ),
         val_images=request.val_images,
         checkpoint_every=plan.checkpoint_every or settings.trainer_checkpoint_every,
     )

@@ -40,7 +40,9 @@ class TrainerSettings(ServiceSettings):
     #: Training batches whose batch-norm statistics replace the moving averages
     #: before the last checkpoint (``services.trainer.batchnorm``; 0: keep the averages).
     trainer_norm_batches: int = Field(50, ge=0)
-    #: Validation images per replica per evaluation step.
+    #: Validation images per replica per evaluation step, at most: the batch is the
+    #: largest from half of this up that divides the validation split, where one does
+    #: (a last, partial batch would make TensorFlow trace the evaluation step again).
     trainer_eval_batch_per_replica: int = Field(2, ge=1)
     #: Keep the local copies (dataset, checkpoints) of a finished job.
     trainer_keep_local: bool = False

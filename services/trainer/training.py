@@ -250,6 +250,14 @@ class Session:
     # --- the loop ----------------------------------------------------------------
 
     def _make_step(self) -> Callable:
+        """The training step, a ``tf.function``; every optimizer slot exists before it runs.
+
+        A slot made inside the first call would make TensorFlow trace the step
+        twice (variables may only be made on the first trace, which is then
+        redone without them): a second trace of the whole model, tens of
+        seconds on a CPU.
+        """
+        self.create_slots()
         task, model, optimizer, strategy = (
             self.train_task,
             self.model,
@@ -274,8 +282,10 @@ class Session:
             bounds.append((stage.number, end, stage.trains))
         return bounds
 
-    def _prepare_stages(self) -> None:
-        """Create every optimizer slot while all layers are trainable (stages freeze some)."""
+    def create_slots(self) -> None:
+        """Create the optimizer's slots of every trainable variable (a no-op for those made).
+
+        ``train`` calls it while all layers are trainable, before stages freeze some."""
         create = getattr(self.optimizer, "_create_all_weights", None)
         if create is not None:
             with self.strategy.scope():
@@ -307,7 +317,7 @@ class Session:
         writer = tf.summary.create_file_writer(str(summary_dir))
         bounds = self._stage_bounds(plan)
         if bounds:
-            self._prepare_stages()
+            self.create_slots()
         clock = ProgressClock(progress_seconds, plan.batch_size)
         clock.start(step)
         summary_time, summary_step = time.monotonic(), step

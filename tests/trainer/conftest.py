@@ -81,8 +81,20 @@ def ssd_run(tmp_path_factory):
     data = write_dataset(storage, train_images=6, val_images=2, size=96)
     msg = data.event("ssd-mobilenet-v2-coco", SSD_ARGS, model_name=SSD_NAME)
     ctx = FakeContext(storage)
-    outcome = asyncio.run(handle_dataset_exported(msg, ctx, settings=settings))
+    from services.trainer import training  # TensorFlow: only where a model trains
+
+    steps = []
+    make_step = training.Session._make_step
+
+    def counted(session):
+        steps.append(make_step(session))
+        return steps[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.Session, "_make_step", counted)
+        outcome = asyncio.run(handle_dataset_exported(msg, ctx, settings=settings))
     return {
+        "traces": [step.experimental_get_tracing_count() for step in steps],
         "storage": storage,
         "settings": settings,
         "msg": msg,

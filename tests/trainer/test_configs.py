@@ -13,6 +13,7 @@ import pytest
 from preannotate import catalog
 from preannotate.arguments import parse, resolve
 from preannotate.vision import experiment
+from services.trainer import evaluation
 from services.trainer.configs import ExperimentInputs, build_experiment, common
 
 # A value other than the default for every key, per family of keys.
@@ -204,3 +205,13 @@ def test_crops_train_at_the_crop_size_with_frames_scaled_as_at_input_size():
     assert common.training_view(params, given).task.train_data.parser.crop_objects == 0.8
     plain = resolve(parse("input_size=768", entry, machine_gpus=0), entry, 40)
     assert common.training_view(params, plain) is params
+
+
+@pytest.mark.parametrize(
+    ("images", "most", "batch"),
+    [(36, 8, 6), (36, 2, 2), (9, 2, 1), (40, 8, 8), (37, 8, 8), (5, 4, 4), (7, 4, 4)],
+)
+def test_the_evaluation_batch_divides_the_split_when_it_can(images, most, batch):
+    # a last, partial batch would make TensorFlow trace the evaluation step a second
+    # time; a divisor from half the configured batch up avoids it, none keeps the batch
+    assert evaluation.batch_size(images, most) == batch

@@ -47,6 +47,7 @@ def _child(root: str) -> None:
         machine_type="cpu2",
         trainer_work_dir=Path(root) / "work",
         trainer_progress_seconds=0.001,
+        trainer_norm_batches=2,  # the recompute runs over both replicas; more batches add only time
     )
     data = write_dataset(storage, train_images=8, val_images=2, size=96)
     msg = data.event("ssd-mobilenet-v2-coco", ARGS, model_name="pair")
@@ -82,6 +83,7 @@ def test_two_replicas_train_and_checkpoint(tmp_path):
     devices = result["details"]["devices"].split(",")
     assert len(devices) == 2 and all("CPU" in d for d in devices) and devices[0] != devices[1]
     assert result["details"]["num_clones"] == "2"
+    assert result["details"]["batchnorm"].endswith("averages from 2 training batches")
     assert result["steps"] == 4 and result["checkpoint"].endswith("checkpoints/ckpt-4/ckpt-4")
     assert result["steps_seen"] == [1, 2, 3, 4]
     assert result["losses"] and all(math.isfinite(v) for v in result["losses"])

@@ -34,6 +34,12 @@ def test_progress_every_step_and_both_checkpoints(ssd_run):
     assert sorted({k.split("/")[-2] for k in keys}) == ["ckpt-3", "ckpt-6"]
 
 
+def test_the_training_step_is_traced_once(ssd_run):
+    # the optimizer's slots exist before the first step, so nothing makes TensorFlow
+    # trace the whole model a second time
+    assert ssd_run["traces"] == [1]
+
+
 def test_model_trained_event(ssd_run):
     outcome = ssd_run["outcome"]
     assert len(outcome.emits) == 1 and outcome.emits[0].topic == topics.MODEL_TRAINED

@@ -107,13 +107,13 @@ async def _measure(args: argparse.Namespace, work: Path) -> dict:
         "total_s": round(total, 1),
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "val_metrics": {k: round(v, 4) for k, v in result["converted"].metrics.items()},
-        **{k: _rounded(v) for k, v in scores.items()},
+        **{k: rounded(v) for k, v in scores.items()},
     }
 
 
-def _rounded(value):
+def rounded(value):
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
+        return {k: rounded(v) for k, v in value.items()}
     return round(value, 4) if isinstance(value, float) else value
 
 

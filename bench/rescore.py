@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.recipe import rounded
+from preannotate.classes import parse_classes
 from preannotate.quickstart.score import coco_map
 
 
@@ -44,8 +45,8 @@ def detections(workdir: Path) -> tuple[dict, list[dict], list[dict]]:
     if len(exported) != 1:
         raise SystemExit(f"{workdir}: expected one exported model, found {len(exported)}")
     folder = exported[0].parent
-    rows = (folder / "assets" / "classes.csv").read_text().splitlines()[1:]
-    classes = [{"id": int(i), "name": name} for i, name in (row.split(",", 1) for row in rows)]
+    names = parse_classes((folder / "assets" / "classes.csv").read_text())
+    classes = [{"id": i, "name": name} for i, name in enumerate(names, start=1)]
     serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
     truth = json.loads((workdir / "data" / "heldout-truth.json").read_text())
     frames = {path.name: path for path in (workdir / "heldout" / "images").rglob("*")}

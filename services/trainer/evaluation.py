@@ -36,7 +36,7 @@ def batch_size(images: int, most: int) -> int:
     validation split avoids it (36 images, at most 8: batches of 6).
     """
     for size in range(most, (most + 1) // 2 - 1, -1):
-        if size > 0 and images % size == 0:
+        if images % size == 0:
             return size
     return most
 

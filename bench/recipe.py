@@ -39,7 +39,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="training seed; held-out: seed + 1000")
     p.add_argument("--model", default=MODEL)
     p.add_argument("--args", default=DEFAULT_ARGS, help="training arguments (the quickstart's)")
-    p.add_argument("--threshold", type=float, default=0.25, help="lowest score written")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.25,
+        help="lowest score written (0: the trained model's suggested threshold)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="kept; default: a temporary one")
     p.add_argument("--timeout", type=float, default=7200)
     return p.parse_args(argv)
@@ -101,7 +106,7 @@ async def _measure(args: argparse.Namespace, work: Path) -> dict:
         "held_out_small_objects": small,
         "model": args.model,
         "args": args.args,
-        "threshold": args.threshold,
+        "threshold": round(result["preannotated"].threshold, 4),
         "train_loop_s": round(loop.timings["train_loop"], 1),
         "annotate_s": round(loop.timings["annotate"], 1),
         "total_s": round(total, 1),

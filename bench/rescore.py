@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.rescore WORKDIR                  # 0.25 (the recipe's) and 0.05
     .venv/bin/python -m bench.rescore WORKDIR --thresholds 0.5 0.25 0.1 0.05
+    .venv/bin/python -m bench.rescore WORKDIR --thresholds 0.5 0.25 --suggested
 
 ``bench.recipe`` scores the shapes its pre-annotation wrote, those at or above
 ``--threshold`` (0.25): what a person would be shown. COCO's own mAP counts
@@ -10,7 +11,12 @@ detection generator keeps scores from 0.05). This runs the SavedModel the
 recipe exported (its ``serving_default`` signature, on the held-out frames'
 encoded bytes) once and scores its detections at each threshold with the
 recipe's scorer (``preannotate.quickstart.score.coco_map``). It prints one JSON
-line per threshold. The boxes come straight from the signature (normalised
+line per threshold, with the precision, recall and F1 at IoU 0.5 of the boxes
+kept (what a person would correct). ``--suggested`` adds the threshold the
+trainer suggested from the validation split (the model's
+``suggested_threshold``); a last line gives the threshold with the best F1 on
+the held-out frames themselves, which no run can know beforehand: how far the
+suggestion is from it says how well it carries over to unseen frames. The boxes come straight from the signature (normalised
 corners scaled to the frame), not through the pre-annotation's shapes, so at
 the recipe's threshold the figure can differ from the recipe's in the third
 decimal.
@@ -19,13 +25,20 @@ decimal.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from pycocotools.coco import COCO
+
 from bench.recipe import rounded
+from preannotate import matching
 from preannotate.classes import parse_classes
+from preannotate.modelmetrics import SUGGESTED_THRESHOLD
 from preannotate.quickstart.score import coco_map
 
 
@@ -33,6 +46,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("workdir", type=Path, help="a bench.recipe --workdir")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.25, 0.05])
+    p.add_argument("--suggested", action="store_true", help="also the model's suggested threshold")
     return p.parse_args(argv)
 
 
@@ -73,12 +87,22 @@ def detections(workdir: Path) -> tuple[dict, list[dict], list[dict]]:
     return truth, classes, found
 
 
+def suggested(workdir: Path) -> float:
+    """The suggested threshold in the metrics of the workdir's trained model."""
+    (metrics,) = sorted((workdir / "storage").rglob("models/*/*/metrics.json"))
+    figures = json.loads(metrics.read_text())["metrics"]
+    if SUGGESTED_THRESHOLD not in figures:
+        raise SystemExit(f"{metrics} has no {SUGGESTED_THRESHOLD}: trained before it existed")
+    return figures[SUGGESTED_THRESHOLD]
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = _parse(argv)
+    thresholds = [*args.thresholds, *([suggested(args.workdir)] if args.suggested else [])]
     truth, classes, found = detections(args.workdir)
     with tempfile.TemporaryDirectory() as tmp:
-        for threshold in args.thresholds:
+        for threshold in thresholds:
             kept = [d for d in found if d["score"] >= threshold]
             predictions = Path(tmp) / f"predictions-{threshold}.json"
             predictions.write_text(
@@ -91,8 +115,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             scores = coco_map(args.workdir / "data" / "heldout-truth.json", predictions)
-            print(json.dumps({"threshold": threshold, **rounded(scores)}))
+            f1 = _f1(scores["precision@0.5"], scores["recall@0.5"])
+            print(json.dumps({"threshold": threshold, **rounded(scores), "F1@0.5": round(f1, 4)}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(args.workdir / "data" / "heldout-truth.json"))
+    ids = {c["name"]: c["id"] for c in truth["categories"]}
+    by_id = {c["id"]: ids.get(c["name"]) for c in classes}  # the model's ids to the truth's
+    known = [
+        dict(d, category_id=by_id[d["category_id"]]) for d in found if by_id.get(d["category_id"])
+    ]
+    best = matching.best_f1(matching.match(coco, known))
+    print(json.dumps({"held_out_best_F1": rounded(dataclasses.asdict(best)) if best else None}))
     return 0
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
 if __name__ == "__main__":

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from preannotate import layout
+from preannotate import layout, modelmetrics
 from preannotate.errors import FailedPrecondition, NotFound, Unavailable
 from preannotate.storage import Storage
 
 #: The metric the gate compares.
-METRIC = "mAP@0.5"
+METRIC = modelmetrics.MAP_50
 DEFAULT_TOLERANCE = 0.02
 #: Actions of log entries.
 GATE_PROMOTED = "gate-promoted"

@@ -434,7 +434,11 @@ def add_arguments(
     parser.add_argument("--model", required=True, help="model name, or <name>/<version>")
     parser.add_argument("--namespace", default="", help="namespace (the service's default)")
     parser.add_argument(
-        "--threshold", type=float, default=0.0, help="lowest score kept (default: the service's)"
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="lowest score kept (default: the model's suggested threshold, from its validation "
+        "split; the service's default for a model without one)",
     )
     if name == "annotate":
         parser.add_argument("--task", type=int, required=True, help="CVAT task id")

@@ -44,7 +44,12 @@ def add_arguments(_name: str, parser: argparse.ArgumentParser):
     parser.add_argument(
         "--args", default=DEFAULT_ARGS, help="training arguments (the seed's syntax)"
     )
-    parser.add_argument("--threshold", type=float, default=0.25, help="lowest score written")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="lowest score written (default: the trained model's suggested threshold)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before giving up")
     parser.add_argument("--cvat-url", default="", help="use this CVAT instead of made-up data")
     parser.add_argument("--task", type=int, default=0, help="with --cvat-url: the annotated task")
@@ -142,7 +147,9 @@ async def _run(args: argparse.Namespace, console) -> int:
     )
     console.print(
         f"pre-annotated {done.frames_done} of {done.frames_total} frames, "
-        f"{done.shapes_written} shapes, {len(done.skipped)} skipped"
+        f"{done.shapes_written} shapes at score >= {done.threshold:g}"
+        + (" (the model's suggested threshold)" if not args.threshold else "")
+        + f", {len(done.skipped)} skipped"
     )
     if truth is not None:
         predictions = heldout / "annotations" / "instances_default.json"
@@ -152,7 +159,12 @@ async def _run(args: argparse.Namespace, console) -> int:
         console.print(
             f"[bold]held-out mAP@0.5: {scores['mAP@0.5']:.3f}[/bold] "
             f"(mAP {scores['mAP']:.3f}, whatever the class {scores['any_class_AP@0.5']:.3f}, "
-            f"{scores['detections']} detections at score >= {args.threshold})"
+            f"{scores['detections']} detections at score >= {done.threshold:g})"
+        )
+        console.print(
+            f"of the boxes written, {scores['precision@0.5']:.0%} are right (IoU >= 0.5, "
+            f"right label); they find {scores['recall@0.5']:.0%} of the {scores['objects']} "
+            "held-out objects"
         )
         console.print(f"CVAT-importable COCO 1.0 of the predictions: {bundle}")
     model = converted.model

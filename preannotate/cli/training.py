@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from preannotate import grpc_client
+from preannotate import grpc_client, modelmetrics
 from preannotate.cli import display
 from preannotate.status import TERMINAL, stage_name, state_name
 from preannotate.v1 import common_pb2, events_pb2, training_pb2, training_pb2_grpc
@@ -425,8 +425,7 @@ async def models_async(
         classes = ", ".join(m.classes[:5]) + (
             f" (+{len(m.classes) - 5})" if len(m.classes) > 5 else ""
         )
-        measured = sorted((k, v) for k, v in m.metrics.items() if not k.startswith("corrections/"))
-        metrics = ", ".join(f"{k}={v:.3f}" for k, v in measured[:3])
+        metrics = _metrics_text(m.metrics)
         fixes = m.metrics.get("corrections/per_100_objects")
         corrections = "-"
         if fixes is not None:
@@ -453,6 +452,19 @@ async def models_async(
         )
     console.print(table if reply.models else "no ready models")
     return OK
+
+
+def _metrics_text(metrics: Mapping[str, float]) -> str:
+    """mAP@0.5 and mAP (else the first three by name) and the suggested threshold."""
+    headline = [k for k in (modelmetrics.MAP_50, "mAP") if k in metrics]
+    if not headline:
+        headline = sorted(
+            k for k in metrics if not k.startswith("corrections/") and "suggested" not in k
+        )[:3]
+    text = [f"{k}={metrics[k]:.3f}" for k in headline]
+    if modelmetrics.SUGGESTED_THRESHOLD in metrics:
+        text.append(f"threshold={metrics[modelmetrics.SUGGESTED_THRESHOLD]:g}")
+    return ", ".join(text)
 
 
 async def model_types_async(

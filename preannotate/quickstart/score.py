@@ -9,6 +9,8 @@ import json
 import zipfile
 from pathlib import Path
 
+from preannotate import matching
+
 
 def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
     """COCO mAP, mAP@0.5 and the AP of each object size of the predictions file (COCO
@@ -19,7 +21,11 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
     Two figures tell finding objects from naming them: ``AP@0.5_by_class`` (each
     class's AP@0.5, -1 for a class absent from the truth) and ``any_class_AP@0.5``,
     the AP@0.5 with every object and detection of one class, so a box on an object
-    counts whatever class it says."""
+    counts whatever class it says.
+
+    What a person would correct: ``precision@0.5``, the share of the written boxes
+    that match an object of their label at IoU 0.5, and ``recall@0.5``, the share
+    of the ``objects`` some written box matches (``preannotate.matching``)."""
     from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -49,6 +55,9 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
                 "AP_large@0.5": 0.0,
                 "AP@0.5_by_class": {name: 0.0 for name in cats},
                 "any_class_AP@0.5": 0.0,
+                "precision@0.5": 0.0,
+                "recall@0.5": 0.0,
+                "objects": len(truth.getAnnIds()),
                 "detections": 0,
             }
         evaluation = _evaluate(truth, detections)
@@ -58,6 +67,8 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
         any_class.dataset = one
         any_class.createIndex()
         any_class_ap = _evaluate(any_class, [dict(d, category_id=1) for d in detections]).stats[1]
+    matches = matching.match(truth, detections)
+    written = matching.at(matches, 0.0)
     # precision[iou, recall, class, area, max_dets]: IoU 0.5, 100 detections; area 0 is all.
     at_half = evaluation.eval["precision"][0, :, :, :, -1]
     by_size = {
@@ -75,6 +86,9 @@ def coco_map(truth_file: Path, predictions_file: Path) -> dict[str, float]:
         **by_size,
         "AP@0.5_by_class": by_class,
         "any_class_AP@0.5": float(any_class_ap),
+        "precision@0.5": written.precision,
+        "recall@0.5": written.recall,
+        "objects": matches.objects,
         "detections": len(detections),
     }
 

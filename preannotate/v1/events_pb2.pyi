@@ -420,6 +420,9 @@ class AnnotationRequested(_message.Message):
     job_id: _builtins.str
     namespace: _builtins.str
     threshold: _builtins.float
+    """Lowest score written, 0..1; 0: the model's suggested threshold (its metrics'
+    suggested_threshold, the best F1 on its validation split), else the service's default.
+    """
     mode: Global___AnnotateMode.ValueType
     trigger: _builtins.str
     tracks: _builtins.bool
@@ -493,11 +496,16 @@ class TaskPreannotated(_message.Message):
     SHAPES_WRITTEN_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
     UNMATCHED_CLASSES_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     namespace: _builtins.str
     frames_total: _builtins.int
     frames_done: _builtins.int
     shapes_written: _builtins.int
+    threshold: _builtins.float
+    """The threshold the run wrote at: its own, else the model's suggested one, else
+    the service's default (labels' own thresholds aside).
+    """
     @_builtins.property
     def cvat(self) -> _common_pb2.CvatRef: ...
     @_builtins.property
@@ -520,10 +528,11 @@ class TaskPreannotated(_message.Message):
         shapes_written: _builtins.int = ...,
         skipped: _abc.Iterable[Global___SkippedFrame] | None = ...,
         unmatched_classes: _abc.Iterable[_builtins.str] | None = ...,
+        threshold: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "frames_done", b"frames_done", "frames_total", b"frames_total", "job_id", b"job_id", "model", b"model", "namespace", b"namespace", "shapes_written", b"shapes_written", "skipped", b"skipped", "unmatched_classes", b"unmatched_classes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvat", b"cvat", "frames_done", b"frames_done", "frames_total", b"frames_total", "job_id", b"job_id", "model", b"model", "namespace", b"namespace", "shapes_written", b"shapes_written", "skipped", b"skipped", "threshold", b"threshold", "unmatched_classes", b"unmatched_classes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,6 +32,9 @@ class PredictRequest(_message.Message):
     image: _builtins.bytes
     """Encoded image: JPEG or PNG bytes."""
     threshold: _builtins.float
+    """Lowest score written, 0..1; 0: the model's suggested threshold (its metrics'
+    suggested_threshold, the best F1 on its validation split), else the service's default.
+    """
     id: _builtins.str
     """Echoed in the response, to match stream answers to requests."""
     @_builtins.property
@@ -118,6 +121,9 @@ class AnnotateTaskRequest(_message.Message):
     REVIEW_ISSUES_FIELD_NUMBER: _builtins.int
     LABEL_THRESHOLDS_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
+    """Lowest score written, 0..1; 0: the model's suggested threshold (its metrics'
+    suggested_threshold, the best F1 on its validation split), else the service's default.
+    """
     mode: _events_pb2.AnnotateMode.ValueType
     job_id: _builtins.str
     """Optional: reuse a job id (idempotency); a new one is made otherwise."""

@@ -56,7 +56,7 @@ class JobFactory:
         desk: JobDesk,
         storage: Storage,
         catalog: Catalog,
-        annotation_threshold: float = 0.5,
+        annotation_threshold: float = 0.0,
         task_scope: TaskScope = any_task,
     ) -> None:
         self.desk = desk

@@ -34,8 +34,9 @@ class GatewaySettings(CvatSettings):
     webhook_dedup_max: int = Field(100_000, ge=100)
     #: Largest webhook body accepted.
     webhook_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    #: Score threshold of pre-annotations started by ``create:task``.
-    webhook_annotation_threshold: float = Field(0.5, ge=0, le=1)
+    #: Score threshold of pre-annotations started by ``create:task``; 0: the model's own
+    #: suggestion (inference's ``inference_default_threshold`` where it has none).
+    webhook_annotation_threshold: float = Field(0.0, ge=0, le=1)
 
     # Access to gRPC (TrainingService; the inference service reads the same).
     #: YAML file of bearer tokens and their namespaces (see preannotate.auth).

@@ -26,6 +26,7 @@ from preannotate.errors import (
     PreannotateError,
     Unavailable,
 )
+from preannotate.modelmetrics import SUGGESTED_THRESHOLD
 from preannotate.service import Resources
 from preannotate.status import snapshot
 from preannotate.telemetry.logging import get_logger
@@ -168,11 +169,18 @@ class InferenceApp:
         _, _, predictor, _ = self._ready()
         return await predictor.resolve(ref.namespace, ref.name, int(ref.version))
 
-    def threshold(self, value: float) -> float:
-        """A request's threshold: 0 (unset) means the configured default."""
+    def threshold(self, value: float, model: ModelEntry) -> float:
+        """A request's threshold. 0 (unset): the model's suggested threshold (the best
+        F1 on its validation split, ``services.trainer.evaluation``), else the
+        configured default (a model trained without evaluation has none)."""
         if not 0 <= value <= 1:
             raise InvalidArgument(f"threshold {value} is not in 0..1")
-        return value or self.settings.inference_default_threshold
+        suggested = model.metrics.get(SUGGESTED_THRESHOLD, 0.0)
+        return (
+            value
+            or (suggested if 0 < suggested <= 1 else 0)
+            or self.settings.inference_default_threshold
+        )
 
     # -- single images -------------------------------------------------------------
 
@@ -181,8 +189,8 @@ class InferenceApp:
     ) -> tuple[ModelEntry, int, int, list[Detected]]:
         """(model, width, height, detections) for one encoded image."""
         _, _, predictor, _ = self._ready()
-        threshold = self.threshold(threshold)
         model = await self.resolve(ref)
+        threshold = self.threshold(threshold, model)
         limit = self.settings.inference_max_image_pixels
         image = await asyncio.to_thread(images.decode, data, what, limit)  # off the event loop
         found = await predictor.detect_one(model, image, threshold)
@@ -199,11 +207,11 @@ class InferenceApp:
         """Pre-annotate the target ``job.cvat`` names (a CVAT task or job, or a local
         folder with ``file://``); the counts as a ``TaskPreannotated``."""
         _, _, _, annotator = self._ready()
-        threshold = self.threshold(job.threshold)
         ref = common_pb2.ModelRef()
         ref.CopyFrom(job.model)
         ref.namespace = ref.namespace or job.namespace
         model = await self.resolve(ref)
+        threshold = self.threshold(job.threshold, model)
         cuts = thresholds.check(threshold, job.label_thresholds, model.classes)
         replace = job.mode == events_pb2.ANNOTATE_MODE_REPLACE
         target = open_target(self.settings, job.cvat, model, replace=replace)
@@ -246,6 +254,7 @@ class InferenceApp:
             job_id=job.job_id,
             target=target.describe,
             model=model.label,
+            threshold=threshold,
             frames=result.frames_done,
             shapes=result.shapes_written,
             skipped=len(result.skipped),
@@ -262,6 +271,7 @@ class InferenceApp:
             shapes_written=result.shapes_written,
             skipped=[events_pb2.SkippedFrame(frame=f, reason=r) for f, r in result.skipped],
             unmatched_classes=list(result.unmatched_classes),
+            threshold=threshold,
         )
 
     def _ledger(

@@ -43,6 +43,7 @@ from aiohttp import web
 from preannotate import keys
 from preannotate.errors import InvalidArgument, NotFound, PreannotateError
 from preannotate.http_errors import error_response, refusal
+from preannotate.modelmetrics import SUGGESTED_THRESHOLD
 from preannotate.v1 import common_pb2
 from services.inference.app import InferenceApp
 from services.inference.registry import ModelEntry
@@ -98,6 +99,13 @@ def function_json(entry: ModelEntry, port: int) -> dict[str, Any]:
     """One function as the Nuclio dashboard describes it (the fields CVAT reads)."""
     name = function_name(entry)
     kind = "Mask R-CNN" if entry.has_masks else "detector"
+    suggested = entry.metrics.get(SUGGESTED_THRESHOLD)
+    threshold = (
+        f"; without a threshold it keeps scores of {suggested:g} or more (the best F1 on its "
+        "validation split)"
+        if suggested
+        else ""
+    )
     return {
         "metadata": {
             "name": name,
@@ -114,7 +122,7 @@ def function_json(entry: ModelEntry, port: int) -> dict[str, Any]:
         "spec": {
             "description": (
                 f"preannotate model {entry.namespace}/{entry.name} version {entry.version} "
-                f"({entry.model_type or kind}); classes: {', '.join(entry.classes)}"
+                f"({entry.model_type or kind}); classes: {', '.join(entry.classes)}{threshold}"
             ),
             "runtime": "python:3.11",
             "handler": "preannotate",

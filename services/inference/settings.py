@@ -69,6 +69,9 @@ class InferenceSettings(CvatSettings):
     inference_stream_window: int = Field(64, ge=1)
 
     # What is written to CVAT.
+    #: Score threshold of a run that sets none (0), used only when its model suggests
+    #: none either: a model's suggestion (the best F1 on its validation split) comes
+    #: first, and a model trained with eval=false has none.
     inference_default_threshold: float = Field(0.5, ge=0, le=1)
     #: Mask R-CNN shapes: "mask" (CVAT masks) or "polygon" (the mask's outline).
     inference_mask_shape: Literal["mask", "polygon"] = "mask"

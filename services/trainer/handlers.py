@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from preannotate import arguments, layout, promotion, topics
+from preannotate import arguments, layout, modelmetrics, promotion, topics
 from preannotate.catalog import Catalog, default_catalog
 from preannotate.errors import InvalidArgument, NotFound
 from preannotate.handler import Context, Outcome
@@ -278,7 +278,10 @@ async def _train(
 def _outcome(
     msg: events_pb2.DatasetExported, trained: job_lib.TrainedModel, decision: promotion.Decision
 ) -> Outcome:
-    metrics_text = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items() if "mAP" in k)
+    shown = [f"{k} {v:.3f}" for k, v in trained.metrics.items() if "mAP" in k]
+    if modelmetrics.SUGGESTED_THRESHOLD in trained.metrics:
+        shown.append(f"suggested threshold {trained.metrics[modelmetrics.SUGGESTED_THRESHOLD]:g}")
+    metrics_text = ", ".join(shown)
     verdict = "promoted" if decision.promote else "a candidate, not promoted"
     message = (
         f"trained {trained.namespace}/{trained.name}/{trained.version} in {trained.steps} steps"

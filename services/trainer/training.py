@@ -36,7 +36,7 @@ from preannotate.arguments import Plan
 from preannotate.errors import Cancelled, FailedPrecondition, Interrupted
 from preannotate.telemetry.logging import get_logger
 from preannotate.vision.registry import register
-from services.trainer import batchnorm, stages
+from services.trainer import batchnorm, evaluation, stages
 from services.trainer.initialisation import KERAS_H5, InitSpec
 from services.trainer.progress import ProgressClock, TrainProgress
 
@@ -443,8 +443,9 @@ class Session:
             state = task.aggregate_logs(state=state, step_outputs=logs)
         if state is None:
             return {}
+        suggested = evaluation.suggest(task)  # before the evaluator reports and forgets
         raw = task.reduce_aggregated_logs(state)
-        result = {k: float(v) for k, v in raw.items() if _is_scalar(v)}
+        result = {k: float(v) for k, v in raw.items() if _is_scalar(v)} | suggested
         if summary_dir is not None:
             writer = tf.summary.create_file_writer(str(summary_dir))
             with writer.as_default(step=self.step):

@@ -132,6 +132,17 @@ async def test_tables(gateway):
         metrics={"AP": 0.5},
         init={"init": "imagenet-backbone"},
     )
+    write_model(
+        gateway.storage,
+        "team-a",
+        "geese",
+        1,
+        model_type="ssd-mobilenet-v2-coco",
+        metrics={
+            "AR@100": 0.9, "loss": 1.2, "mAP": 0.55, "mAP@0.5": 0.8,
+            "suggested_threshold": 0.312, "precision@suggested_threshold": 0.7,
+        },
+    )  # fmt: skip
     await cli.train_async(
         task=5,
         model="ssd-mobilenet-v2-coco",
@@ -157,6 +168,9 @@ async def test_tables(gateway):
     assert await cli.models_async(connection=connection(gateway), console=out) == 0
     assert "team-a/birds" in text(out) and "duck, goose" in text(out) and "AP=0.500" in text(out)
     assert "imagenet-backbone" in text(out)  # the start its training used
+    # the headline figures and the threshold a run without one gets
+    assert "mAP@0.5=0.800, mAP=0.550, threshold=0.312" in text(out)
+    assert "loss" not in text(out) and "precision" not in text(out)
     out = console()
     assert (
         await cli.model_types_async(verbose=True, connection=connection(gateway), console=out) == 0

@@ -234,7 +234,7 @@ async def test_create_task_with_a_ready_model_requests_annotation(gateway):
     assert event.job_id == answer["job_id"] and event.namespace == "team-a"
     assert (event.cvat.task_id, event.cvat.project_id) == (21, 3)
     assert (event.model.namespace, event.model.name, event.model.version) == ("team-a", "birds", 2)
-    assert event.threshold == pytest.approx(0.5)
+    assert event.threshold == 0  # unset: the model's own suggestion (inference reads it)
     assert event.mode == events_pb2.ANNOTATE_MODE_APPEND
     [first] = statuses(gateway, event.job_id)
     assert first.kind == events_pb2.JOB_KIND_ANNOTATION

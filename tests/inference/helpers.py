@@ -35,6 +35,7 @@ def publish_model(
     has_masks: bool = False,
     manifest_classes: bool = True,
     job_id: str = "train-1",
+    metrics: dict[str, float] | None = None,
 ) -> events_pb2.ModelConverted:
     """Copy a SavedModel folder to ``<ns>/serving/<name>/<version>/``, manifest last,
     and return the ``model.converted`` event the converter would send."""
@@ -55,7 +56,7 @@ def publish_model(
             "classes_asset": "assets/classes.csv",
             "has_masks": has_masks,
             "input_size": [128, 128],
-            "metrics": {"AP": 0.5},
+            "metrics": {"AP": 0.5} if metrics is None else metrics,
         }
         if not has_masks:  # the fixture's Mask R-CNN gives pixels: let the service tell
             manifest["boxes"] = "normalised [ymin, xmin, ymax, xmax] of the image as sent"

@@ -58,7 +58,8 @@ def storage(tmp_path_factory, retinanet_dir, maskrcnn_dir):
     storage = LocalStorage(tmp_path_factory.mktemp("nuclio") / "storage")
     publish_model(storage, retinanet_dir, name="shapes", version=1)
     publish_model(storage, retinanet_dir, name="shapes", version=2)
-    publish_model(storage, maskrcnn_dir, name="cells", has_masks=True)
+    metrics = {"suggested_threshold": 0.05}  # what its trainer would have suggested
+    publish_model(storage, maskrcnn_dir, name="cells", has_masks=True, metrics=metrics)
     return storage
 
 
@@ -97,7 +98,9 @@ async def test_functions_are_listed_as_cvat_reads_them(dashboard):
     assert shapes["version"] == 2 and shapes["name"] == "shapes v2"
     assert shapes["types"] == {"circle": "rectangle", "square": "rectangle"}
     assert shapes["port"] == 8070 and shapes["state"] == "ready"
-    assert "default/shapes" in shapes["description"]
+    assert "default/shapes" in shapes["description"] and "threshold" not in shapes["description"]
+    cells = functions["preannotate.default.cells"]["description"]
+    assert "without a threshold it keeps scores of 0.05 or more" in cells
     assert functions["preannotate.default.cells"]["types"]["circle"] == "mask"
 
     async with dashboard.get("/api/functions/preannotate.default.cells") as r:
@@ -138,6 +141,10 @@ async def test_mask_invocation_gives_cvat_masks(dashboard, frame):
     body = {"image": base64.b64encode(frame).decode(), "threshold": 0.05}
     status, items = await _invoke(dashboard, "preannotate.default.cells", body)
     assert status == 200 and items
+    # no threshold: the model's suggestion (0.05 here), not the service's 0.5
+    status, unset = await _invoke(dashboard, "preannotate.default.cells", {"image": body["image"]})
+    assert status == 200 and unset == items
+    assert any(float(item["confidence"]) < 0.5 for item in items)  # which 0.5 would drop
     for item in items:
         assert item["type"] == "mask"
         *flat, xtl, ytl, xbr, ybr = item["mask"]

@@ -17,6 +17,8 @@ import zipfile
 
 import pytest
 
+from preannotate.modelmetrics import RECALL_AT_SUGGESTED, SUGGESTED_THRESHOLD
+
 pytestmark = pytest.mark.timeout(900)
 
 #: Held-out mAP@0.5 the short run below must reach. At 250 steps the run wrote no
@@ -76,6 +78,11 @@ def test_quickstart_runs_the_whole_loop_and_scores_the_held_out_images(tmp_path)
     assert f"{scores['mAP@0.5']:.3f}" == score.group(1)
     truth = json.loads((work / "data" / "heldout-truth.json").read_text())
     assert len(truth["images"]) == HELD_OUT and truth["annotations"]
+    # each right box found one object: right boxes = objects found
+    assert scores["objects"] == len(truth["annotations"])
+    right = scores["precision@0.5"] * scores["detections"]
+    assert right > 0 and round(right) == round(scores["recall@0.5"] * scores["objects"])
+    assert f"of the boxes written, {scores['precision@0.5']:.0%} are right" in out, out
     # A COCO 1.0 zip as CVAT imports it: the held-out images and their predictions.
     bundle = work / "heldout-preannotated-coco.zip"
     with zipfile.ZipFile(bundle) as zf:
@@ -101,7 +108,11 @@ def test_quickstart_runs_the_whole_loop_and_scores_the_held_out_images(tmp_path)
     assert list((storage / "datasets").rglob("manifest.json"))
     model = storage / "models" / "shapes" / "1"
     assert list(model.rglob(f"ckpt-{STEPS}.index")), sorted(p.name for p in model.rglob("*"))
-    assert json.loads((model / "metrics.json").read_text())
+    trained = json.loads((model / "metrics.json").read_text())["metrics"]
+    # the suggested threshold: where the validation split's best F1 is, shown with the metrics
+    suggested = trained[SUGGESTED_THRESHOLD]
+    assert 0 < suggested < 1 and 0 < trained[RECALL_AT_SUGGESTED] <= 1, trained
+    assert f"suggested threshold {suggested:g}" in out, out
     assert list(work.glob("storage/**/saved_model.pb"))
     assert (work / "quickstart.log").stat().st_size > 0
 

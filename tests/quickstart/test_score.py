@@ -62,3 +62,21 @@ def test_finding_an_object_is_scored_apart_from_naming_it(tmp_path):
     assert by_class["ring"] == 0.0
     assert by_class["kite"] == -1.0  # no kite in the truth
     assert scores["mAP@0.5"] == pytest.approx((by_class["star"] + by_class["ring"]) / 2)
+
+
+def test_precision_and_recall_count_what_a_person_would_correct(tmp_path):
+    truth = _coco(list(BOXES.values()), scores=False)
+    # the small object found, the large one boxed as a 30 % sliver, a box on nothing
+    found = _coco([BOXES["small"], [200, 10, 45, 150], [300, 250, 20, 20]], scores=True)
+    paths = tmp_path / "truth.json", tmp_path / "found.json"
+    for path, data in zip(paths, (truth, found), strict=True):
+        path.write_text(json.dumps(data))
+    scores = coco_map(*paths)
+    assert (scores["objects"], scores["detections"]) == (3, 3)
+    assert scores["precision@0.5"] == pytest.approx(1 / 3)
+    assert scores["recall@0.5"] == pytest.approx(1 / 3)
+    # nothing written: nothing right, nothing found, every object still counted
+    found["annotations"] = []
+    paths[1].write_text(json.dumps(found))
+    empty = coco_map(*paths)
+    assert (empty["precision@0.5"], empty["recall@0.5"], empty["objects"]) == (0.0, 0.0, 3)

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from preannotate.modelmetrics import SUGGESTED_THRESHOLD
+
 #: ``pretrained=false``: the quickstart trains from random weights, so it runs offline
 #: (no published weights to fetch, nothing to ``preannotate weights pull`` first) and
 #: its figures in docs/benchmarks.md stay comparable from run to run.
@@ -147,9 +149,8 @@ async def _run(args: argparse.Namespace, console) -> int:
     )
     console.print(
         f"pre-annotated {done.frames_done} of {done.frames_total} frames, "
-        f"{done.shapes_written} shapes at score >= {done.threshold:g}"
-        + (" (the model's suggested threshold)" if not args.threshold else "")
-        + f", {len(done.skipped)} skipped"
+        f"{done.shapes_written} shapes at score >= {done.threshold:g}{_whose(args, converted)}, "
+        f"{len(done.skipped)} skipped"
     )
     if truth is not None:
         predictions = heldout / "annotations" / "instances_default.json"
@@ -177,3 +178,12 @@ async def _run(args: argparse.Namespace, console) -> int:
     console.print(f"  SavedModel   {storage_root / converted.serving_path}")
     console.print(f"  logs         {work / 'quickstart.log'}")
     return 0
+
+
+def _whose(args: argparse.Namespace, converted) -> str:
+    """Where the run's threshold came from, when ``--threshold`` did not set it."""
+    if args.threshold:
+        return ""
+    if SUGGESTED_THRESHOLD in converted.metrics:
+        return " (the model's suggested threshold)"
+    return " (the service's default: the model suggests none)"

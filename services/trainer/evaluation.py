@@ -26,6 +26,8 @@ threshold; a model with no right box on the split suggests none.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,7 +113,8 @@ def suggest(task: Any) -> dict[str, float]:
     (``_predictions``) and the annotation file's ground truth (``_coco_gt``)
     until its ``result()``; its own conversion to COCO results rewrites the boxes
     in place, so it gets a copy of the box fields only (not the masks, whose
-    encoding this does not need). Empty for an evaluator without them.
+    encoding this does not need). Empty for an evaluator without them. Boxes
+    only, for Mask R-CNN too: a mask's threshold is its box's.
     """
     from official.vision.evaluation import coco_utils
 
@@ -121,7 +124,23 @@ def suggest(task: Any) -> dict[str, float]:
     fields = ("source_id", "detection_boxes", "detection_classes", "detection_scores")
     if not predictions or coco_gt is None or not all(k in predictions for k in fields):
         return {}
-    boxes = coco_utils.convert_predictions_to_coco_annotations(
-        {k: list(predictions[k]) for k in fields}
-    )
-    return operating_point(coco_gt, boxes)
+    boxes = [
+        {  # numbers as pycocotools' plain loadRes takes them (its own gives numpy arrays)
+            "image_id": int(box["image_id"]),
+            "category_id": int(box["category_id"]),
+            "bbox": [float(v) for v in box["bbox"]],
+            "score": float(box["score"]),
+        }
+        for box in coco_utils.convert_predictions_to_coco_annotations(
+            {k: list(predictions[k]) for k in fields}
+        )
+    ]
+    # Model Garden's COCOWrapper of a Mask R-CNN loads results as masks; the boxes
+    # are matched against the same ground truth in a plain COCO
+    from pycocotools.coco import COCO
+
+    truth = COCO()
+    truth.dataset = coco_gt.dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth.createIndex()
+    return operating_point(truth, boxes)

@@ -11,7 +11,7 @@ import io
 import pytest
 from pycocotools.coco import COCO
 
-from services.trainer.evaluation import PRECISION, RECALL, SUGGESTED, operating_point
+from services.trainer.evaluation import PRECISION, RECALL, SUGGESTED, operating_point, suggest
 
 
 def _truth(objects: dict[int, list[tuple[int, list[float]]]]) -> COCO:
@@ -99,3 +99,43 @@ def test_the_threshold_is_rounded_down_so_its_own_box_is_kept():
 )
 def test_nothing_is_suggested_without_a_right_box(objects, detections):
     assert operating_point(_truth(objects), detections) == {}
+
+
+@pytest.mark.parametrize("eval_type", ["box", "mask"])
+def test_suggest_reads_model_gardens_evaluator_before_it_reports(eval_type):
+    # what Model Garden's COCOEvaluator holds between batches: its ground truth (a
+    # COCOWrapper; a Mask R-CNN's loads results as masks) and the batches' predictions
+    # (boxes as ymin, xmin, ymax, xmax in image pixels, padded with score-0 rows)
+    import numpy as np
+    from official.vision.evaluation import coco_utils
+
+    truth = _truth(FOUR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        wrapper = coco_utils.COCOWrapper(eval_type=eval_type, gt_dataset=truth.dataset)
+
+    def yxyx(box):
+        x, y, w, h = box
+        return [y, x, y + h, x + w]
+
+    boxes = np.array([[yxyx(A), yxyx(B), [0, 0, 0, 0]], [yxyx(C), yxyx([70, 70, 10, 10]), yxyx(D)]])
+    predictions = {
+        "source_id": [np.array([1, 2])],
+        "detection_boxes": [boxes.astype(np.float32)],
+        "detection_classes": [np.array([[1, 2, 0], [1, 1, 1]])],
+        "detection_scores": [np.array([[0.9, 0.8, 0.0], [0.7, 0.6, 0.3]], dtype=np.float32)],
+        "detection_masks": [np.zeros((2, 3, 4, 4), np.float32)],  # left alone
+    }
+    kept = {k: list(v) for k, v in predictions.items()}
+
+    class Task:
+        coco_metric = type("Evaluator", (), {"_predictions": predictions, "_coco_gt": wrapper})()
+
+    # 0.9: 2/5; 0.8: 4/6; 0.7: 6/7; 0.6: 6/8; 0.3: 8/9 (best, every object found)
+    point = suggest(Task())
+    assert point[SUGGESTED] == 0.3 and point[RECALL] == 1.0 and point[PRECISION] == 0.8
+    # the evaluator's own predictions are as they were, for its report after this
+    assert all(
+        all(np.array_equal(a, b) for a, b in zip(predictions[k], kept[k], strict=True))
+        for k in kept
+    )
+    assert suggest(type("NoCoco", (), {})()) == {}

@@ -101,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     thresholds = [*args.thresholds, *([suggested(args.workdir)] if args.suggested else [])]
     truth, classes, found = detections(args.workdir)
+    # every detection matched once: F1 at each threshold and the held-out best from it
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(args.workdir / "data" / "heldout-truth.json"))
+    ids = {c["name"]: c["id"] for c in truth["categories"]}
+    by_id = {c["id"]: ids.get(c["name"]) for c in classes}  # the model's ids to the truth's
+    known = [
+        dict(d, category_id=by_id[d["category_id"]]) for d in found if by_id.get(d["category_id"])
+    ]
+    matches = matching.match(coco, known)
     with tempfile.TemporaryDirectory() as tmp:
         for threshold in thresholds:
             kept = [d for d in found if d["score"] >= threshold]
@@ -115,22 +124,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             scores = coco_map(args.workdir / "data" / "heldout-truth.json", predictions)
-            f1 = _f1(scores["precision@0.5"], scores["recall@0.5"])
+            f1 = matching.at(matches, threshold).f1
             print(json.dumps({"threshold": threshold, **rounded(scores), "F1@0.5": round(f1, 4)}))
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(args.workdir / "data" / "heldout-truth.json"))
-    ids = {c["name"]: c["id"] for c in truth["categories"]}
-    by_id = {c["id"]: ids.get(c["name"]) for c in classes}  # the model's ids to the truth's
-    known = [
-        dict(d, category_id=by_id[d["category_id"]]) for d in found if by_id.get(d["category_id"])
-    ]
-    best = matching.best_f1(matching.match(coco, known))
+    best = matching.best_f1(matches)
     print(json.dumps({"held_out_best_F1": rounded(dataclasses.asdict(best)) if best else None}))
     return 0
-
-
-def _f1(precision: float, recall: float) -> float:
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
 if __name__ == "__main__":
